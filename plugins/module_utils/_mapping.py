@@ -1,0 +1,179 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) privsec.vault_rotate contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Pure logic of a cert-auth mapping (`auth/<mount>/certs/<name>`): normalise, compare, diff.
+
+Vault answers a read with its own spelling (TTLs in seconds, lists in the order
+they were written, the CA bundle as PEM text); a desired state arrives as the
+user wrote it ("1h", policies in any order, a bundle with other line endings).
+Both sides go through `normalise()` so that only real differences count, and
+the CA bundle is compared as a set of certificates (by SHA-256 fingerprint),
+never as text. Nothing here talks to the network.
+"""
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import re
+
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._x509 import (
+    bundle_to_pem,
+    cert_info,
+    dedupe,
+    load_pem_bundle,
+)
+
+# Fields this collection manages. A write always sends every one of them (the
+# full desired state): leaving one out would keep (or, on some servers, reset)
+# whatever was there, so "remove this CN" must be an explicit empty list.
+LIST_FIELDS = (
+    "allowed_common_names",
+    "allowed_dns_sans",
+    "allowed_uri_sans",
+    "token_policies",
+    "token_bound_cidrs",
+)
+TTL_FIELDS = ("token_ttl", "token_max_ttl", "token_period")
+MANAGED_FIELDS = ("certificate", "display_name") + LIST_FIELDS + TTL_FIELDS
+
+_GO_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|\u00b5s|ms|s|m|h)")
+_GO_UNIT_SECONDS = {
+    "ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600,
+}
+
+
+def parse_duration(value):
+    """Return whole seconds for a TTL as Vault accepts it: 3600, "3600", "1h30m", "2d".
+
+    None and "" mean 0 (unset). Raises ValueError with the offending value otherwise.
+    Vault truncates to whole seconds; so do we, so "90.5s" compares equal to 90.
+    """
+    if value is None or value == "":
+        return 0
+    if isinstance(value, bool):
+        raise ValueError("not a duration: %r" % (value,))
+    if isinstance(value, (int, float)):
+        return int(value)
+    text = str(value).strip().lower()
+    if re.match(r"^[0-9]+$", text):
+        return int(text)
+    match = re.match(r"^([0-9]+)d$", text)
+    if match:
+        return int(match.group(1)) * 86400
+    pos, total = 0, 0.0
+    for part in _GO_DURATION_PART.finditer(text):
+        if part.start() != pos:
+            break
+        total += float(part.group(1)) * _GO_UNIT_SECONDS[part.group(2)]
+        pos = part.end()
+    if pos == 0 or pos != len(text):
+        raise ValueError("not a duration: %r (use seconds, or e.g. 90m, 1h30m, 2d)" % (value,))
+    return int(total)
+
+
+def normalise_list(value):
+    """A list field as a sorted list of unique, stripped, non-empty strings.
+
+    Vault accepts a list or a comma-separated string and returns what was
+    written, order and duplicates included; order carries no meaning for any
+    of the list fields we manage.
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = value.split(",")
+    return sorted(set(str(item).strip() for item in value if str(item).strip()))
+
+
+def ca_entries(pem):
+    """Parse a PEM bundle into [{subject, serial, not_after, fingerprint_sha256}], one per
+    distinct certificate (duplicates dropped), sorted by not_after then serial.
+
+    Raises RotateError('bad_pem') (from _x509) on a bundle that does not parse.
+    """
+    if not pem or not str(pem).strip():
+        return []
+    entries = []
+    for cert in dedupe(load_pem_bundle(pem, what="CA bundle (certificate)")):
+        info = cert_info(cert)
+        entries.append(dict((key, info[key]) for key in ("subject", "serial", "not_after", "fingerprint_sha256")))
+    return sorted(entries, key=lambda e: (e["not_after"], e["serial"]))
+
+
+def unique_pem_bundle(pem):
+    """The bundle to write: each distinct certificate once, in the order given, PEM text."""
+    return bundle_to_pem(dedupe(load_pem_bundle(pem, what="CA bundle (certificate)")))
+
+
+def normalise(data, name):
+    """Normalise a mapping (Vault's read `data`, or the desired options) for comparison.
+
+    `name` is the mapping name: Vault stores display_name = name when none is given.
+    Fields absent from `data` take Vault's defaults (empty list, 0 seconds).
+    """
+    out = {"certificate": ca_entries(data.get("certificate"))}
+    out["display_name"] = data.get("display_name") or name
+    for field in LIST_FIELDS:
+        out[field] = normalise_list(data.get(field))
+    for field in TTL_FIELDS:
+        out[field] = parse_duration(data.get(field))
+    return out
+
+
+def _comparable(field, value):
+    if field == "certificate":
+        return sorted(entry["fingerprint_sha256"] for entry in value)
+    return value
+
+
+def changed_fields(current, desired):
+    """Names of the managed fields whose normalised values differ, in MANAGED_FIELDS order.
+
+    `current` None (no mapping yet) means every field changes.
+    """
+    if current is None:
+        return list(MANAGED_FIELDS)
+    return [
+        field for field in MANAGED_FIELDS
+        if _comparable(field, current.get(field)) != _comparable(field, desired.get(field))
+    ]
+
+
+def display(normalised):
+    """A normalised mapping as shown to people (diff, return values): the CA bundle as a
+    list of {subject, serial, not_after}; never PEM. None stays None (no mapping)."""
+    if normalised is None:
+        return None
+    out = dict(normalised)
+    out["certificate"] = [
+        {"subject": e["subject"], "serial": e["serial"], "not_after": e["not_after"]}
+        for e in normalised["certificate"]
+    ]
+    return out
+
+
+def render_diff(path, before, after):
+    """Ansible diff dict for a mapping change; `before`/`after` are normalised or None."""
+    return {
+        "before_header": path,
+        "after_header": path,
+        "before": display(before) or {},
+        "after": display(after) or {},
+    }
+
+
+def write_body(params, name):
+    """The full desired state as the JSON body of `auth/<mount>/certs/<name>`.
+
+    Every managed field is sent, empty ones included, so that a value removed from
+    the desired state is removed in Vault too; TTLs go as whole seconds.
+    """
+    body = {
+        "certificate": unique_pem_bundle(params["certificate"]),
+        "display_name": params.get("display_name") or name,
+    }
+    for field in LIST_FIELDS:
+        body[field] = normalise_list(params.get(field))
+    for field in TTL_FIELDS:
+        body[field] = parse_duration(params.get(field))
+    return body
