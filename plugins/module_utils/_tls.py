@@ -13,6 +13,7 @@ __metaclass__ = type
 import os
 import socket
 import ssl
+import time
 
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import (
     RotateError,
@@ -152,3 +153,167 @@ def peer_chain_der(tls_sock):
         if leaf:
             chain = [leaf]
     return chain
+
+
+# --- probe: the s_client of every gate ------------------------------------------
+
+# TLS 1.3 servers check the client certificate after the client has finished
+# its handshake, and send their verdict (an alert, or a session ticket) after
+# it. Read for up to this long to see which one comes.
+POST_HANDSHAKE_WAIT = 1.0
+_POLL = 0.05
+_HTTP_MAX = 65536
+
+
+def _post_handshake_check(tls_sock, wait=POST_HANDSHAKE_WAIT):
+    """Wait (bounded) for the server's verdict on our client certificate.
+
+    Returns when a session ticket arrived (the server accepted us) or the wait
+    is over with no alert; raises the ssl error when an alert arrives, or an
+    EOF error when the server closed the connection.
+    """
+    if tls_sock.version() != "TLSv1.3":
+        return  # TLS 1.2 rejects the client cert inside the handshake
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        tls_sock.settimeout(_POLL)
+        try:
+            data = tls_sock.recv(1)
+        except (socket.timeout, ssl.SSLWantReadError):
+            data = None
+        if data == b"":
+            raise ssl.SSLEOFError("the server closed the connection right after the handshake")
+        session = tls_sock.session
+        if data or (session is not None and session.has_ticket):
+            return
+
+
+def _http_get(tls_sock, path, host_header, timeout):
+    request = (
+        "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: privsec.vault_rotate.tls_probe\r\n"
+        "Accept: */*\r\nConnection: close\r\n\r\n" % (path, host_header)
+    )
+    tls_sock.settimeout(timeout)
+    tls_sock.sendall(request.encode("ascii"))
+    data = b""
+    while len(data) < _HTTP_MAX:
+        try:
+            chunk = tls_sock.recv(16384)
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            if data:
+                break
+            raise
+        if not chunk:
+            break
+        data += chunk
+    if not data:
+        raise ssl.SSLEOFError("the server closed the connection without an HTTP answer")
+    head, _sep, body = data.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise RotateError("tls_error", "the server answered %r, not HTTP" % status_line[:80],
+                          "is this an HTTPS port?")
+    if b"chunked" in head.lower():
+        body = _dechunk(body)
+    return int(parts[1]), body
+
+
+def _dechunk(body):
+    out = b""
+    while body:
+        size_line, _sep, rest = body.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        except ValueError:
+            return out
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2:]
+    return out
+
+
+def _describe_chain(chain_der, now=None):
+    """cert_info of the leaf plus a short chain list (canonical formats)."""
+    # Imported here: cryptography is needed only to describe, not to connect.
+    from ansible_collections.privsec.vault_rotate.plugins.module_utils import _x509
+
+    if not chain_der or not _x509.HAS_CRYPTOGRAPHY:
+        return {}
+    from cryptography import x509 as _cx509
+
+    certs = [_cx509.load_der_x509_certificate(der) for der in chain_der]
+    info = _x509.cert_info(certs[0], now=now)
+    info["chain"] = [
+        {"subject": c.subject.rfc4514_string(), "issuer": c.issuer.rfc4514_string(),
+         "serial": _x509.format_serial(c.serial_number)}
+        for c in certs
+    ]
+    return info
+
+
+def _host_header(name, port):
+    if ":" in name and not name.startswith("["):
+        name = "[%s]" % name
+    return name if int(port) == 443 else "%s:%s" % (name, port)
+
+
+def probe(host, port, server_name=None, context=None, timeout=10.0, http_path=None,
+          unverified_context=None, post_handshake_wait=POST_HANDSHAKE_WAIT):
+    """One TLS probe. Never raises for network/TLS failures: returns a dict
+    with ok, failure_class, msg, hint, tls_alert and, whenever the server
+    served a certificate, its description (from a second, unverified
+    handshake when verification failed)."""
+    name = server_name or host
+    target = "%s:%s" % (host, port)
+    result = {"ok": False, "failure_class": None, "tls_alert": None, "msg": None, "hint": None,
+              "target": target, "server_name": name, "verified": False}
+    chain = []
+    tls_sock = None
+    try:
+        tls_sock = connect(host, port, server_name=server_name, context=context, timeout=timeout)
+        chain = peer_chain_der(tls_sock)
+        result["tls_version"] = tls_sock.version()
+        result["cipher"] = (tls_sock.cipher() or (None,))[0]
+        result["verified"] = context is not None and context.verify_mode == ssl.CERT_REQUIRED
+        try:
+            if http_path:
+                status, body = _http_get(tls_sock, http_path, _host_header(name, port), timeout)
+                result["http_status"] = status
+                result["http_body"] = body[:4096].decode("utf-8", "replace")
+            else:
+                _post_handshake_check(tls_sock, min(post_handshake_wait, timeout))
+        except Exception as exc:  # pylint: disable=broad-except
+            raise classify_exception(exc, target=target, server_name=name, phase="request")
+        result.update(ok=True, msg="TLS handshake with %s ok" % target)
+    except RotateError as err:
+        result.update(ok=False, failure_class=err.failure_class, msg=err.message, hint=err.hint,
+                      tls_alert=err.details.get("tls_alert"))
+        for key in ("verify_message", "errno", "phase"):
+            if key in err.details:
+                result[key] = err.details[key]
+        if not chain and unverified_context is not None and err.failure_class in (
+            "untrusted_server_cert", "hostname_mismatch", "expired", "not_yet_valid"
+        ):
+            chain = _served_chain_unverified(host, port, server_name, unverified_context, timeout)
+    finally:
+        if tls_sock is not None:
+            try:
+                tls_sock.close()
+            except OSError:
+                pass
+    result.update(_describe_chain(chain))
+    return result
+
+
+def _served_chain_unverified(host, port, server_name, context, timeout):
+    """What the server serves, without verifying it (for the operator to see)."""
+    try:
+        tls_sock = connect(host, port, server_name=server_name, context=context, timeout=timeout)
+    except RotateError:
+        return []
+    try:
+        return peer_chain_der(tls_sock)
+    finally:
+        tls_sock.close()
