@@ -1,0 +1,317 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) privsec.vault_rotate contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: cert_login
+short_description: Prove that a client certificate logs in through a cert-auth mapping and gets the right policies
+description:
+  - Logs in at C(auth/<cert_auth_mount>/login) with the client certificate of O(client_cert)/O(client_key)
+    through the mapping O(cert_role), the way a Vault agent does, and returns what Vault granted.
+  - O(client_cert) and O(client_key) are the identity to test (for example the new agent certificate);
+    they are required, as options or from E(VAULT_CLIENT_CERT)/E(VAULT_CLIENT_KEY).
+  - Exercises in one step the TLS trust (server certificate, listener's client CA), the mapping (CA
+    bundle, allowed names) and the policies; it is the gate of the agent login certificate phase.
+  - With O(expected_policies), fails with RV(failure_class=policy_mismatch) when the token's policies
+    are not the expected ones.
+  - Revokes the token it got (O(revoke)), so gates leave no tokens behind. The token and its accessor
+    are never returned.
+  - Never reports C(changed).
+version_added: 0.1.0
+author:
+  - privsec platform engineering
+extends_documentation_fragment:
+  - privsec.vault_rotate.connection
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: The login runs in check mode too (it is a check); the token is revoked as usual.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+options:
+  expected_policies:
+    description:
+      - Policies the token must have. V(default) is ignored on both sides unless listed here.
+      - Not set means any policies are accepted.
+    type: list
+    elements: str
+  policies_match:
+    description:
+      - V(exact) - the token's policies are exactly O(expected_policies).
+      - V(superset) - the token has at least O(expected_policies) (more are fine).
+    type: str
+    choices: [exact, superset]
+    default: exact
+  revoke:
+    description:
+      - Revoke the token after the check. A failed revocation is a warning (the token expires with its TTL).
+    type: bool
+    default: true
+notes:
+  - Log in on the Vault listener directly, not through a TLS-terminating proxy, which replaces the
+    client's identity with its own upstream certificate.
+  - O(auth_method) and O(token) are ignored - this module always logs in with the certificate.
+seealso:
+  - module: privsec.vault_rotate.cert_auth_mapping
+"""
+
+EXAMPLES = r"""
+- name: Gate - the new agent cert of ncprd1 logs in and gets the mapped policies
+  privsec.vault_rotate.cert_login:
+    url: https://127.0.0.1:22400
+    tls_server_name: vault.prod.privsec.ch
+    ca_cert: /home/ncprd1/vault/ca/ca.pem
+    client_cert: /home/ncprd1/vault/mtls/agent.crt
+    client_key: /home/ncprd1/vault/mtls/agent.key
+    cert_role: agent-ncprd1
+    expected_policies: [pki-issue-ncprd1, marker-cert-auth]
+  register: agent_login
+
+- name: The admin identity has at least the rotation policy
+  privsec.vault_rotate.cert_login:
+    cert_role: admin
+    expected_policies: [vault-rotate-admin]
+    policies_match: superset
+"""
+
+RETURN = r"""
+policies:
+  description: All policies of the token (token, identity and V(default)), sorted.
+  returned: success
+  type: list
+  elements: str
+  sample: [default, marker-cert-auth, pki-issue-ncprd1]
+token_policies:
+  description: Policies that came from the mapping (plus V(default) unless the mapping excludes it), sorted.
+  returned: success
+  type: list
+  elements: str
+display_name:
+  description: Display name of the token, as Vault shows it (C(cert-<mapping display name>)).
+  returned: success
+  type: str
+  sample: cert-agent-ncprd1
+metadata:
+  description: What Vault saw of the login certificate.
+  returned: success
+  type: dict
+  contains:
+    cert_name:
+      description: The mapping that accepted the certificate.
+      type: str
+    common_name:
+      description: Common name of the client certificate.
+      type: str
+    serial:
+      description: Serial of the client certificate, lowercase colon-separated hex.
+      type: str
+    subject_key_id:
+      description: Subject key identifier of the client certificate.
+      type: str
+    authority_key_id:
+      description: Authority key identifier (the issuing CA's key).
+      type: str
+lease_duration:
+  description: TTL of the token in seconds.
+  returned: success
+  type: int
+renewable:
+  description: Whether the token is renewable.
+  returned: success
+  type: bool
+revoked:
+  description: Whether the token was revoked after the check.
+  returned: success
+  type: bool
+client_certificate:
+  description: The client certificate used (read on the host that runs the task), never PEM.
+  returned: when the file parses
+  type: dict
+  contains:
+    subject:
+      description: Subject of the certificate.
+      type: str
+    serial:
+      description: Serial, lowercase colon-separated hex.
+      type: str
+    not_after:
+      description: End of validity, ISO 8601 UTC.
+      type: str
+missing_policies:
+  description: With RV(failure_class=policy_mismatch), expected policies the token lacks.
+  returned: failure
+  type: list
+  elements: str
+unexpected_policies:
+  description: With RV(failure_class=policy_mismatch) and O(policies_match=exact), policies the token has but should not.
+  returned: failure
+  type: list
+  elements: str
+failure_class:
+  description:
+    - On failure, the class of the error. V(permission_denied) when the mapping does not accept the
+      certificate, V(policy_mismatch) when the policies differ, V(tls_alert) / V(reset) /
+      V(untrusted_server_cert) when TLS fails.
+  returned: failure
+  type: str
+hint:
+  description: On failure, the next thing to check.
+  returned: failure
+  type: str
+"""
+
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._vault import VaultModule
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._x509 import (
+    HAS_CRYPTOGRAPHY,
+    cert_info,
+    format_serial,
+    load_pem_bundle,
+)
+
+# What OpenBao answers (HTTP 400) when no mapping accepts the certificate.
+_REFUSALS = {
+    "invalid certificate or no client certificate supplied": (
+        "the mapping does not exist, or its CA bundle does not hold the issuer of the certificate"),
+    "no chain matching all constraints could be found": (
+        "the certificate chains to a CA of the mapping but fails its constraints "
+        "(allowed_common_names, allowed_dns_sans, allowed_uri_sans, required_extensions)"),
+    "no client certificate found": (
+        "no client certificate reached Vault: a TLS-terminating proxy in between, or client_cert not set"),
+}
+
+
+def describe_client_cert(path):
+    """Subject/serial/not_after of the client cert file, or None when it cannot be read."""
+    if not path or not HAS_CRYPTOGRAPHY:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            info = cert_info(load_pem_bundle(handle.read(), what="client_cert")[0])
+    except (IOError, OSError, RotateError):
+        return None
+    return {"subject": info["subject"], "serial": info["serial"], "not_after": info["not_after"],
+            "common_name": info["common_name"]}
+
+
+def classify_login_error(err, mapping, mount, cert):
+    """Turn Vault's 400 refusals into permission_denied naming the mapping, the cert and what to check."""
+    errors = err.details.get("errors") or []
+    text = "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
+    for needle, why in _REFUSALS.items():
+        if needle in text:
+            who = "certificate CN=%s serial %s" % (cert["common_name"], cert["serial"]) if cert else "the client certificate"
+            target = "mapping '%s'" % mapping if mapping else "any mapping"
+            return RotateError(
+                "permission_denied",
+                "cert login at auth/%s/login: %s does not accept %s (Vault: %s)" % (mount, target, who, text),
+                "%s; check with: bao read auth/%s/certs/%s" % (why, mount, mapping or "<name>"),
+                dict(err.details, mapping=mapping),
+            )
+    return err
+
+
+def compare_policies(expected, got, match):
+    """(missing, unexpected) policy names; 'default' only counts when expected lists it."""
+    expected = set(expected)
+    got = set(got)
+    if "default" not in expected:
+        got.discard("default")
+    missing = sorted(expected - got)
+    unexpected = sorted(got - expected) if match == "exact" else []
+    return missing, unexpected
+
+
+def metadata_of(auth):
+    meta = auth.get("metadata") or {}
+    serial = meta.get("serial_number")
+    try:  # cert auth reports the serial in decimal
+        serial = format_serial(int(serial)) if serial is not None else None
+    except (TypeError, ValueError):
+        pass
+    return {
+        "cert_name": meta.get("cert_name"),
+        "common_name": meta.get("common_name"),
+        "serial": serial,
+        "subject_key_id": meta.get("subject_key_id"),
+        "authority_key_id": meta.get("authority_key_id"),
+    }
+
+
+def main():
+    module = VaultModule(
+        argument_spec=dict(
+            expected_policies=dict(type="list", elements="str"),
+            policies_match=dict(type="str", choices=["exact", "superset"], default="exact"),
+            revoke=dict(type="bool", default=True),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    mount = (p.get("cert_auth_mount") or "cert").strip("/")
+    mapping = p.get("cert_role")
+    if not p.get("client_cert"):
+        module.fail_json(msg="cert_login needs the identity to test: client_cert and client_key (or VAULT_CLIENT_CERT/KEY)",
+                         failure_class="bad_input")
+    cert = describe_client_cert(p.get("client_cert"))
+    result = dict(changed=False)
+    if cert:
+        result["client_certificate"] = dict((k, cert[k]) for k in ("subject", "serial", "not_after"))
+
+    client = module.vault_client()
+    client.token = None  # never a token from the environment: this proves the certificate
+    try:
+        auth = client.login_cert(mount, mapping)
+    except RotateError as err:
+        module.fail_from(classify_login_error(err, mapping, mount, cert), **result)
+    module.no_log_values.add(client.token)
+
+    try:
+        display_name = client.lookup_self().get("display_name")
+    except RotateError as err:
+        module.warn("token lookup after login failed: %s" % err)
+        display_name = None
+    result.update(
+        policies=sorted(auth.get("policies") or []),
+        token_policies=sorted(auth.get("token_policies") or []),
+        display_name=display_name,
+        metadata=metadata_of(auth),
+        lease_duration=auth.get("lease_duration"),
+        renewable=bool(auth.get("renewable")),
+        revoked=False,
+    )
+    if p["revoke"]:
+        try:
+            client.revoke_self()
+            result["revoked"] = True
+        except RotateError as err:
+            module.warn("could not revoke the login token (it expires in %ss): %s" % (auth.get("lease_duration"), err))
+        client.token = None
+
+    if p.get("expected_policies") is not None:
+        missing, unexpected = compare_policies(p["expected_policies"], result["token_policies"], p["policies_match"])
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append("missing %s" % ", ".join(missing))
+            if unexpected:
+                parts.append("unexpected %s" % ", ".join(unexpected))
+            module.fail_json(
+                msg="cert login through mapping '%s' gave policies %s: %s" % (
+                    mapping or result["metadata"]["cert_name"], ", ".join(result["token_policies"]), "; ".join(parts)),
+                failure_class="policy_mismatch",
+                hint="fix token_policies of auth/%s/certs/%s (or expected_policies)" % (
+                    mount, mapping or result["metadata"]["cert_name"]),
+                missing_policies=missing, unexpected_policies=unexpected, **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
