@@ -1,0 +1,159 @@
+"""pytest fixtures shared by every suite: the real lab (tests/lab), no mocks.
+
+- `lab` (session): the default lab (LAB_DIR / LAB_*_PORT honoured), brought `up`
+  once; stopped at the end of the session unless it was already running before.
+- `throwaway_lab` (function): factory `throwaway_lab(**kw)` -> a fresh lab in a
+  tmp folder on free ports from 22600-22699, always `down --purge`d after the test.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+for _p in (REPO / "collections", REPO / "tests", REPO / "tests" / "lab"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from lab import Lab, port_free  # noqa: E402
+
+LABCTL = REPO / "tests" / "lab" / "labctl.py"
+THROWAWAY_PORTS = range(22600, 22700)
+THROWAWAY_BLOCK = 10  # vault, cluster, proxy, frontends...
+
+
+def pytest_configure(config):
+    for marker, text in (
+        ("lab", "needs the running default lab (fixture `lab`)"),
+        ("destructive", "changes the lab (restarts, rotations): run on a throwaway lab or re-`up` after"),
+        ("molecule", "runs a molecule scenario"),
+        ("slow", "takes more than a few seconds"),
+    ):
+        config.addinivalue_line("markers", "%s: %s" % (marker, text))
+
+
+class LabHandle:
+    """What tests see of a lab: its folder, lab.json, ports, and ways to drive it."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.dir = lab.dir
+        self.vault_port = lab.vault_port
+        self.proxy_port = lab.proxy_port
+        self.frontend_port_base = lab.frontend_port_base
+        self.apps = list(lab.apps)
+        self.url = lab.url
+        self.proxy_url = lab.proxy_url
+        self.tls_server_name = "vault.prod.privsec.ch"
+
+    @property
+    def info(self):
+        """DIR/lab.json, read fresh (the dict of ports, paths, units, commands)."""
+        return json.loads((self.dir / "lab.json").read_text())
+
+    def root_token(self):
+        return self.lab.root_token()
+
+    def labctl(self, *args, check=False, timeout=120):
+        """Run labctl.py on this lab; returns CompletedProcess (text)."""
+        argv = [sys.executable, str(LABCTL), "--dir", str(self.dir), "--vault-port", str(self.vault_port),
+                "--proxy-port", str(self.proxy_port), "--frontend-port-base", str(self.frontend_port_base),
+                "--apps", ",".join(self.apps)] + list(args)
+        return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout,
+                              env=_clean_env())
+
+    def unit(self, name, action, timeout=120):
+        """Run the unit command exactly as lab.json gives it to the command backend."""
+        argv = self.info["units"][name]["commands"][action]
+        return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout,
+                              env=_clean_env())
+
+    def admin_env(self):
+        """VAULT_ADDR/VAULT_CACERT/VAULT_CLIENT_CERT/VAULT_CLIENT_KEY/VAULT_TLS_SERVER_NAME of the admin."""
+        return self.lab.admin_env()
+
+    def status(self):
+        return self.lab.status()
+
+    def up(self):
+        return self.labctl("up", check=True)
+
+    def down(self, purge=False):
+        return self.labctl(*(["down", "--purge"] if purge else ["down"]), check=True)
+
+    def running(self):
+        return all(self.lab.unit_pid(n) for n in self.lab.unit_names())
+
+    def __repr__(self):
+        return "<LabHandle %s vault:%d proxy:%d>" % (self.dir, self.vault_port, self.proxy_port)
+
+
+def _clean_env():
+    return {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+
+
+def _up_or_fail(handle):
+    proc = handle.labctl("up")
+    if proc.returncode != 0:
+        pytest.fail("lab up failed in %s:\n%s%s" % (handle.dir, proc.stdout, proc.stderr), pytrace=False)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """The running default lab (honours LAB_DIR, LAB_VAULT_PORT, LAB_PROXY_PORT, ...)."""
+    handle = LabHandle(Lab())
+    was_running = handle.dir.exists() and handle.running()
+    _up_or_fail(handle)
+    yield handle
+    if not was_running:
+        handle.labctl("down")
+
+
+def _free_block(taken):
+    for base in range(THROWAWAY_PORTS.start, THROWAWAY_PORTS.stop - THROWAWAY_BLOCK + 1, THROWAWAY_BLOCK):
+        if base in taken:
+            continue
+        if all(port_free(p) for p in range(base, base + THROWAWAY_BLOCK)):
+            return base
+    raise RuntimeError("no free block of %d ports in 22600-22699 for a throwaway lab" % THROWAWAY_BLOCK)
+
+
+@pytest.fixture
+def throwaway_lab(tmp_path):
+    """Factory: `throwaway_lab(vault_port=..., proxy_port=..., frontend_port_base=..., apps=[...], up=True)`."""
+    made = []
+    taken = set()
+
+    def make(up=True, **kw):
+        base = _free_block(taken)
+        taken.add(base)
+        lab = Lab(dir=kw.pop("dir", tmp_path / ("lab%d" % len(made))),
+                  vault_port=kw.pop("vault_port", base),
+                  proxy_port=kw.pop("proxy_port", base + 2),
+                  frontend_port_base=kw.pop("frontend_port_base", base + 3),
+                  apps=kw.pop("apps", None))
+        if kw:
+            raise TypeError("throwaway_lab: unknown options %s" % sorted(kw))
+        handle = LabHandle(lab)
+        made.append(handle)
+        if up:
+            _up_or_fail(handle)
+        return handle
+
+    yield make
+    for handle in made:
+        handle.labctl("down", "--purge")
+
+
+def socket_closed(port, host="127.0.0.1"):
+    """True when nothing accepts on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return False
+    except OSError:
+        return True

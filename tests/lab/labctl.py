@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""labctl: drive the local lab (see docs/development.md, "The lab").
+
+    python tests/lab/labctl.py [--dir DIR] [--vault-port 22400] [--proxy-port 22300]
+        [--frontend-port-base 22443] [--apps ncprd1,resume2me] CMD
+
+CMD: up | down [--purge] | status [--json] | info | unseal
+     | unit NAME status|start|stop|reload|restart
+Env overrides: LAB_DIR, LAB_VAULT_PORT, LAB_PROXY_PORT, LAB_FRONTEND_PORT_BASE, LAB_APPS.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lab import EXIT_FAIL, EXIT_NOT_RUNNING, EXIT_OK, Lab, LabError, format_status  # noqa: E402
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(prog="labctl.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", help="lab folder (env LAB_DIR; default <repo>/.lab/default)")
+    ap.add_argument("--vault-port", type=int, help="listener port (env LAB_VAULT_PORT; default 22400)")
+    ap.add_argument("--proxy-port", type=int, help="proxy port (env LAB_PROXY_PORT; default 22300)")
+    ap.add_argument("--frontend-port-base", type=int,
+                    help="first nginx frontend port (env LAB_FRONTEND_PORT_BASE; default 22443)")
+    ap.add_argument("--apps", help="comma separated apps (env LAB_APPS; default ncprd1,resume2me)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up", help="bring the lab up (idempotent)")
+    d = sub.add_parser("down", help="stop what the lab started")
+    d.add_argument("--purge", action="store_true", help="also remove the lab folder")
+    s = sub.add_parser("status", help="state of the lab (exit 0 healthy, 3 not)")
+    s.add_argument("--json", action="store_true")
+    sub.add_parser("info", help="print DIR/lab.json")
+    sub.add_parser("unseal", help="unseal the server with the stored key")
+    u = sub.add_parser("unit", help="act on one unit, like systemctl")
+    u.add_argument("name")
+    u.add_argument("action", choices=["status", "start", "stop", "reload", "restart"])
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        lab = Lab(dir=args.dir, vault_port=args.vault_port, proxy_port=args.proxy_port,
+                  frontend_port_base=args.frontend_port_base, apps=args.apps)
+        if args.cmd == "up":
+            lab.up()
+            return EXIT_OK
+        if args.cmd == "down":
+            lab.down(purge=args.purge)
+            return EXIT_OK
+        if args.cmd == "info":
+            if not lab.p["lab_json"].exists():
+                print("no lab in %s (run `up` first)" % lab.dir, file=sys.stderr)
+                return EXIT_NOT_RUNNING
+            sys.stdout.write(lab.p["lab_json"].read_text())
+            return EXIT_OK
+        if args.cmd == "status":
+            if not lab.dir.exists():
+                print("no lab in %s" % lab.dir, file=sys.stderr)
+                return EXIT_NOT_RUNNING
+            st = lab.status()
+            print(json.dumps(st, indent=2, sort_keys=True) if args.json else format_status(st))
+            return EXIT_OK if st["healthy"] else EXIT_NOT_RUNNING
+        if args.cmd == "unseal":
+            print("lab: unsealed" if lab.unseal() else "lab: already unsealed")
+            return EXIT_OK
+        if args.cmd == "unit":
+            code, msg = lab.unit(args.name, args.action)
+            print(msg, file=sys.stdout if code in (EXIT_OK, EXIT_NOT_RUNNING) else sys.stderr)
+            return code
+    except LabError as exc:
+        print("labctl: %s" % exc, file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
