@@ -161,7 +161,7 @@ def peer_chain_der(tls_sock):
 # its handshake, and send their verdict (an alert, or a session ticket) after
 # it. Read for up to this long to see which one comes.
 POST_HANDSHAKE_WAIT = 1.0
-_POLL = 0.05
+_POLL = 0.02
 _HTTP_MAX = 65536
 
 
