@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything `make demo` / `make test` need, from nothing, idempotently.
 #
-#   1. nginx (apt-get when missing and we are root, else a clear message)
+#   1. nginx (apt-get when missing and we are root, else a clear message),
+#      and shellcheck (optional, for ansible-test sanity)
 #   2. the newest Python >= 3.12 found (PATH python3.X and pyenv versions by
 #      full path: pyenv shims may be broken), else 3.11
 #   3. .venv/ with that Python, pinned packages from requirements-dev.txt
@@ -23,34 +24,43 @@ REQ_FILES=(requirements.txt requirements-controller.txt requirements-dev.txt)
 say() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: ERROR: %s\n' "$*" >&2; exit 1; }
 
-# --- nginx -------------------------------------------------------------------
-ensure_nginx() {
-    if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then
+# --- system packages ---------------------------------------------------------
+# nginx is required (the lab's frontends and proxy); shellcheck is optional (it
+# lets `ansible-test sanity` check the shell scripts instead of skipping them).
+have_prog() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+
+ensure_system_packages() {
+    local missing=() p
+    for p in nginx shellcheck; do have_prog "$p" || missing+=("$p"); done
+    [ "${#missing[@]}" = 0 ] && return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        have_prog nginx || die "nginx is missing and cannot be installed here (need root and apt-get): install nginx and rerun"
+        say "note: shellcheck missing (optional): ansible-test will skip its shellcheck test"
         return 0
     fi
-    if [ "$(id -u)" != 0 ]; then
-        die "nginx is missing and we are not root: install it (apt-get install nginx) and rerun"
-    fi
-    command -v apt-get >/dev/null 2>&1 || die "nginx is missing and apt-get is not available: install nginx by hand"
-    say "nginx missing: installing it with apt-get"
-    # Keep the package's init script from starting a system nginx on port 80:
-    # the lab runs its own nginx processes. policy-rc.d exit 101 = "action forbidden".
-    local policy=/usr/sbin/policy-rc.d own_policy=0
+    say "installing with apt-get: ${missing[*]}"
+    # Keep the nginx package's init script from starting a system nginx on port
+    # 80: the lab runs its own nginx processes. policy-rc.d exit 101 = forbidden.
+    local policy=/usr/sbin/policy-rc.d own_policy=0 rc=0
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
     fi
-    local rc=0
-    { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null; } || rc=$?
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq || rc=$?
+    for p in "${missing[@]}"; do
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null 2>&1 \
+            || say "apt-get install $p failed"
+    done
     [ "$own_policy" = 1 ] && rm -f "$policy"
-    [ "$rc" = 0 ] || die "apt-get install nginx failed (rc=$rc)"
-    say "nginx installed: $(/usr/sbin/nginx -v 2>&1)"
+    have_prog nginx || die "nginx is still missing after apt-get (update rc=$rc)"
+    say "nginx: $(/usr/sbin/nginx -v 2>&1 || nginx -v 2>&1)"
 }
 
 # --- Python ------------------------------------------------------------------
-# Print "MAJOR MINOR MICRO" when $1 runs and can build a venv, else nothing.
+# Print "MAJOR MINOR MICRO" when $1 runs, is not inside a venv and can build a
+# venv, else nothing.
 probe_python() {
-    "$1" -c 'import sys, venv, ensurepip; print(*sys.version_info[:3])' 2>/dev/null || true
+    # A venv's own python (ours on PATH, say) is no base interpreter: skip it.
+    "$1" -c 'import sys, venv, ensurepip; assert sys.prefix == sys.base_prefix; print(*sys.version_info[:3])' 2>/dev/null || true
 }
 
 find_python() {
@@ -76,7 +86,7 @@ find_python() {
         ver="$(probe_python "$p")"
         [ -n "$ver" ] || continue   # broken shim, or no venv module
         read -r major minor micro <<<"$ver"
-        [ "$major" = 3 ] && [ "$minor" -ge 11 ] || continue
+        if [ "$major" != 3 ] || [ "$minor" -lt 11 ]; then continue; fi
         key=$((minor * 1000 + micro))
         if [ "$key" -gt "$best_key" ]; then best="$p"; best_key="$key"; fi
     done
@@ -84,7 +94,7 @@ find_python() {
     printf '%s\n' "$best"
 }
 
-ensure_nginx
+ensure_system_packages
 PY="$(find_python)"
 PY_VERSION="$("$PY" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))')"
 case "$PY_VERSION" in 3.11.*) say "WARNING: no Python >= 3.12 found, falling back to $PY_VERSION (ansible-core 2.19.x)";; esac
@@ -99,8 +109,8 @@ fi
 # A venv made by another interpreter (or a broken one) is rebuilt from scratch.
 if [ -d "$VENV" ]; then
     have="$("$VENV/bin/python" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))' 2>/dev/null || true)"
-    base="$(sed -n 's/^home = //p' "$VENV/pyvenv.cfg" 2>/dev/null || true)"
-    if [ "$have" != "$PY_VERSION" ] || [ "$base" != "$(dirname "$PY")" ]; then
+    base="$("$VENV/bin/python" -c 'import os, sys; print(os.path.realpath(sys._base_executable))' 2>/dev/null || true)"
+    if [ "$have" != "$PY_VERSION" ] || [ "$base" != "$(readlink -f "$PY")" ]; then
         say "rebuilding $VENV (was Python ${have:-broken} from ${base:-?})"
         rm -rf "$VENV"
     fi
