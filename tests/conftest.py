@@ -26,16 +26,6 @@ THROWAWAY_PORTS = range(22600, 22700)
 THROWAWAY_BLOCK = 10  # vault, cluster, proxy, frontends...
 
 
-def pytest_configure(config):
-    for marker, text in (
-        ("lab", "needs the running default lab (fixture `lab`)"),
-        ("destructive", "changes the lab (restarts, rotations): run on a throwaway lab or re-`up` after"),
-        ("molecule", "runs a molecule scenario"),
-        ("slow", "takes more than a few seconds"),
-    ):
-        config.addinivalue_line("markers", "%s: %s" % (marker, text))
-
-
 class LabHandle:
     """What tests see of a lab: its folder, lab.json, ports, and ways to drive it."""
 

@@ -730,7 +730,9 @@ class Lab:
     # ---- configs --------------------------------------------------------
 
     def write_configs(self):
+        """Write every unit's config; returns the names of units whose config changed."""
         p = self.p
+        changed = set()
         p["vault_data"].mkdir(parents=True, exist_ok=True)
         os.chmod(str(p["vault_data"]), 0o700)
         vault_hcl = """# lab: container-vaultprod (written by tests/lab/lab.py)
@@ -756,7 +758,8 @@ listener "tcp" {{
 }}
 """.format(ip=LOOPBACK, port=self.vault_port, cport=self.cluster_port, data=p["vault_data"],
            fullchain=p["fullchain"], key=p["server_key"], ca_chain=p["ca_chain"])
-        _write_if_changed(p["vault_config"], vault_hcl)
+        if _write_if_changed(p["vault_config"], vault_hcl):
+            changed.add("container-vaultprod")
         for app in self.apps + [PROXY_APP]:
             a = p["apps"][app]
             templates = [(a["whoami"], WHOAMI_TEMPLATE)]
@@ -781,6 +784,9 @@ vault {{
 
 auto_auth {{
   method "cert" {{
+    # short backoff: a lab agent logs in again within seconds once vault is back
+    min_backoff = "1s"
+    max_backoff = "5s"
     config = {{
       name        = "agent-{app}"
       ca_cert     = "{ca}"
@@ -802,11 +808,14 @@ template_config {{
 }}
 {tpl}""".format(app=app, url=self.url, sni=SNI, ca=a["ca"], crt=a["agent_crt"], key=a["agent_key"],
                 sink=a["token"], tpl=tpl)
-            _write_if_changed(a["agent_config"], agent_hcl)
+            if _write_if_changed(a["agent_config"], agent_hcl):
+                changed.add("vault-agent-proxyprod-ca" if app == PROXY_APP else "vault-agent-%s" % app)
             a["whoami"].parent.mkdir(parents=True, exist_ok=True)
         for u in self.units():
             if u["kind"] == "nginx":
-                _write_if_changed(p["apps"][u["app"]]["nginx_conf"], self._nginx_conf(u))
+                if _write_if_changed(p["apps"][u["app"]]["nginx_conf"], self._nginx_conf(u)):
+                    changed.add(u["name"])
+        return changed
 
     def _nginx_conf(self, u):
         a = self.p["apps"][u["app"]]
@@ -1045,9 +1054,12 @@ path "{m}/sign/nginx-{a}" {{ capabilities = ["create", "update"] }}
         made = self.make_material()
         if made:
             did.append("made " + ", ".join(made))
-        self.write_configs()
+        changed = self.write_configs()
         self.write_info()
         units = self.units()
+        for u in units:  # a running unit whose config this code changed gets the new one
+            if u["name"] in changed and self.unit_pid(u["name"]):
+                did.append("config changed: " + self.restart_unit(u["name"]))
         vault = units[0]
         if not self.unit_pid(vault["name"]):
             did.append(self.start_unit(vault["name"]))

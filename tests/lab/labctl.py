@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lab import EXIT_FAIL, EXIT_NOT_RUNNING, EXIT_OK, Lab, LabError, format_status  # noqa: E402
+from lab import EXIT_FAIL, EXIT_NOT_RUNNING, EXIT_OK, Lab, LabError, format_status
 
 
 def parse(argv):
