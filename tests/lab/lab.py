@@ -157,6 +157,35 @@ def port_free(port, host=LOOPBACK):
         s.close()
 
 
+def port_owner(port):
+    """'pid N (cmdline)' of the process listening on TCP port `port`, when /proc tells; else ''."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                rows = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add("socket:[%s]" % cols[9])
+    if not inodes:
+        return ""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir("/proc/%s/fd" % pid)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%s/fd/%s" % (pid, fd)) in inodes:
+                    return "pid %s (%s)" % (pid, pid_cmdline(int(pid))[:160])
+            except OSError:
+                continue
+    return ""
+
+
 def port_open(port, host=LOOPBACK, timeout=0.5):
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -517,11 +546,12 @@ class Lab:
     def _check_ports(self, u):
         for port in u["ports"]:
             if not port_free(port):
+                owner = port_owner(port)
                 raise LabError(
-                    "port %d on %s (needed by %s) is already in use by another process: stop it, "
+                    "port %d on %s (needed by %s) is already in use by another process%s: stop it, "
                     "or choose other ports (--vault-port/--proxy-port/--frontend-port-base or "
                     "LAB_VAULT_PORT/LAB_PROXY_PORT/LAB_FRONTEND_PORT_BASE) with another --dir/LAB_DIR"
-                    % (port, LOOPBACK, u["name"]))
+                    % (port, LOOPBACK, u["name"], (", " + owner) if owner else ""))
 
     def _child_env(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
