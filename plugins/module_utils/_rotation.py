@@ -32,6 +32,7 @@ ROTATE_REASONS = (
     "cn_differs",
     "san_differs",
     "issuer_untrusted",
+    "fullchain_mismatch",
 )
 KEEP_REASONS = ("valid",)
 
@@ -142,7 +143,7 @@ def _issuer_trusted(info, ca_bundle_certs, cert, chain_certs):
 
 def evaluate(current_info, want_cn=None, want_dns=None, want_ips=None, ca_bundle_certs=None,
              key_matches=None, parse_error=None, renew_fraction=None, renew_before=None,
-             force=False, now=None, cert=None, chain_certs=None):
+             force=False, now=None, cert=None, chain_certs=None, fullchain_matches=None):
     """The full decision as a dict: rotate, reasons, reason_text, due_at, days_left.
 
     current_info: ``_x509.cert_info`` of the installed cert, or None when the
@@ -155,6 +156,8 @@ def evaluate(current_info, want_cn=None, want_dns=None, want_ips=None, ca_bundle
     renew_fraction (fraction of the lifetime elapsed, default 2/3).
     cert / chain_certs: parsed cert and its chain for the issuer check by
     signature; without them the issuer DN is compared with the bundle subjects.
+    fullchain_matches: False when a fullchain file exists for the slot but does
+    not start with the installed cert (a reader of it serves a stale leaf).
     """
     now = _now(now)
     renew_before = parse_duration(renew_before)
@@ -207,7 +210,7 @@ def evaluate(current_info, want_cn=None, want_dns=None, want_ips=None, ca_bundle
         reasons.append("cn_differs")
         texts["cn_differs"] = "CN is %r, wanted %r" % (current_info.get("common_name"), want_cn)
 
-    san_text = _san_difference(current_info, want_cn, want_dns, want_ips)
+    san_text = san_difference(current_info, want_cn, want_dns, want_ips)
     if san_text:
         reasons.append("san_differs")
         texts["san_differs"] = san_text
@@ -217,6 +220,10 @@ def evaluate(current_info, want_cn=None, want_dns=None, want_ips=None, ca_bundle
         reasons.append("issuer_untrusted")
         texts["issuer_untrusted"] = "issuer %r is not in the CA bundle" % (
             current_info.get("issuer_common_name") or current_info.get("issuer"),)
+
+    if fullchain_matches is False:
+        reasons.append("fullchain_mismatch")
+        texts["fullchain_mismatch"] = "the fullchain file does not start with the installed certificate"
 
     if not reasons:
         reasons.append("valid")
@@ -234,7 +241,7 @@ def _elapsed_percent(info, now):
     return int(round(100 * (now - start).total_seconds() / lifetime))
 
 
-def _san_difference(info, want_cn, want_dns, want_ips):
+def san_difference(info, want_cn, want_dns, want_ips):
     problems = []
     if want_dns is not None:
         have = _norm_dns(info.get("dns_names"))
@@ -268,13 +275,13 @@ def _finish(result, reasons, texts):
 
 def decide(current_info, want_cn=None, want_dns=None, want_ips=None, ca_bundle_certs=None,
            key_matches=None, parse_error=None, renew_fraction=None, renew_before=None,
-           force=False, now=None, cert=None, chain_certs=None):
+           force=False, now=None, cert=None, chain_certs=None, fullchain_matches=None):
     """(rotate, reasons) -- see evaluate() for the arguments."""
     result = evaluate(current_info, want_cn=want_cn, want_dns=want_dns, want_ips=want_ips,
                       ca_bundle_certs=ca_bundle_certs, key_matches=key_matches,
                       parse_error=parse_error, renew_fraction=renew_fraction,
                       renew_before=renew_before, force=force, now=now, cert=cert,
-                      chain_certs=chain_certs)
+                      chain_certs=chain_certs, fullchain_matches=fullchain_matches)
     return result["rotate"], result["reasons"]
 
 

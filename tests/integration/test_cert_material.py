@@ -1,0 +1,287 @@
+"""cert_material run for real (its own Python process, real files, real keys) on temp folders.
+
+Flow of one slot: inspect -> csr -> sign the CSR with a test CA -> install ->
+inspect says keep -> same install again is changed=false -> restore puts the
+old serial back. No Vault needed: the CA is built with cryptography.
+"""
+import datetime
+import grp
+import os
+import pwd
+import stat
+
+import pytest
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._x509 import format_serial
+from helpers import run_module
+from pki_fixtures import PKI, key_pem, new_key, pem
+
+UTC = datetime.timezone.utc
+CN = "agent-ncprd1.prod.privsec.ch"
+
+
+@pytest.fixture(scope="module")
+def pki():
+    return PKI()
+
+
+@pytest.fixture
+def slot(tmp_path):
+    folder = tmp_path / "mtls"
+    folder.mkdir()
+    return {
+        "cert_path": str(folder / "agent.crt"),
+        "key_path": str(folder / "agent.key"),
+        "fullchain_path": str(folder / "agent.fullchain.pem"),
+        "chain_path": str(folder / "ca.pem"),
+        "common_name": CN,
+        "dns_names": [CN],
+    }
+
+
+def ok(result):
+    assert not result["failed"], result.get("msg")
+    return result
+
+
+def cm(args, **kw):
+    return run_module("cert_material", args, **kw)
+
+
+def snapshot(folder):
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        st = os.stat(path)
+        with open(path, "rb") as fh:
+            out[name] = (fh.read(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_ino)
+    return out
+
+
+def install_initial(pki, slot, days=30, not_before=None):
+    """An existing generation on disk, installed by the module itself (pki/issue-like flow)."""
+    key, cert = pki.leaf(CN, dns=[CN], days=days, not_before=not_before)
+    ok(cm(dict(slot, step="install", certificate=pem(cert), chain=[pem(pki.intermediate), pem(pki.root)],
+               private_key=key_pem(key))))
+    return key, cert
+
+
+def test_full_slot_flow(pki, slot):
+    bundle = pki.chain_pem
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrgid(nobody.pw_gid).gr_name
+    files = dict(slot, owner="nobody", group=group)
+
+    # 1. nothing there: rotate because missing, and that is data, not a failure
+    first = ok(cm(dict(files, step="inspect", ca_bundle=bundle)))
+    assert first["changed"] is False
+    assert first["rotate"] is True and first["reasons"] == ["missing"]
+    assert first["exists"] is False and first["current"] is None
+
+    # an old generation that is due (backdated: 25 of 30 days elapsed)
+    old_start = datetime.datetime.now(UTC) - datetime.timedelta(days=25)
+    _old_key, old_cert = install_initial(pki, files, days=30, not_before=old_start)
+    old_serial = format_serial(old_cert.serial_number)
+    due = ok(cm(dict(files, step="inspect", ca_bundle=bundle)))
+    assert due["rotate"] is True and due["reasons"] == ["due"]
+    assert due["current"]["key_matches"] is True
+    assert due["reason_text"][0].startswith("expires in 5 days")
+    assert due["chain_verified"] is True
+
+    # 2. csr: a staged key next to the key, 0600, owned by the slot owner
+    csr = ok(cm(dict(files, step="csr")))
+    assert csr["changed"] is True and "BEGIN CERTIFICATE REQUEST" in csr["csr"]
+    staged = slot["key_path"] + ".next"
+    st = os.stat(staged)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == nobody.pw_uid
+    assert "PRIVATE" not in repr({k: v for k, v in csr.items() if k != "_stderr"})
+    # idempotent: the staged key is reused, the CSR carries the same public key
+    again = ok(cm(dict(files, step="csr")))
+    assert again["changed"] is False and again["reused"] is True
+    from cryptography import x509
+    assert x509.load_pem_x509_csr(again["csr"].encode()).public_key() == \
+        x509.load_pem_x509_csr(csr["csr"].encode()).public_key()
+
+    # 3. sign the CSR (what pki_cert does against Vault), install
+    new_cert = pki.sign_csr(csr["csr"], days=30)
+    args = dict(files, step="install", certificate=pem(new_cert), chain=[pem(pki.intermediate), pem(pki.root)],
+                ca_bundle=bundle)
+    check = ok(cm(args, check=True, diff=True))
+    assert check["changed"] is True and check["backup_files"] == []
+    assert check["diff"]["before"]["serial"] != check["diff"]["after"]["serial"]
+    assert os.path.exists(staged)
+    installed = ok(cm(args, diff=True))
+    assert installed["changed"] is True
+    assert installed["key_source"] == "staged"
+    assert installed["after"]["serial"] == format_serial(new_cert.serial_number)
+    assert sorted(installed["backup_files"]) == sorted(p + ".prev" for p in (
+        slot["cert_path"], slot["key_path"], slot["fullchain_path"], slot["chain_path"]))
+    assert "BEGIN" not in repr(installed["diff"])
+    assert not os.path.exists(staged)
+    for path, mode in ((slot["key_path"], 0o600), (slot["cert_path"], 0o644), (slot["fullchain_path"], 0o644),
+                       (slot["chain_path"], 0o644), (slot["key_path"] + ".prev", 0o600)):
+        st = os.stat(path)
+        assert stat.S_IMODE(st.st_mode) == mode, path
+        assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid), path
+    with open(slot["fullchain_path"]) as fh:
+        fullchain = fh.read()
+    assert fullchain == pem(new_cert) + pem(pki.intermediate)  # root left out
+    with open(slot["chain_path"]) as fh:
+        assert fh.read() == pki.chain_pem
+
+    # 4. inspect says keep
+    keep = ok(cm(dict(files, step="inspect", ca_bundle=bundle)))
+    assert keep["rotate"] is False and keep["reasons"] == ["valid"]
+    assert keep["summary"].startswith("keep: valid: expires in")
+
+    # 5. the same install again changes nothing
+    same = ok(cm(args, diff=True))
+    assert same["changed"] is False
+    assert same["diff"]["before"] == same["diff"]["after"]
+
+    # 6. restore puts the old serial back (check mode first)
+    restore_args = dict(files, step="restore")
+    dry = ok(cm(restore_args, check=True))
+    assert dry["changed"] is True
+    assert ok(cm(dict(files, step="inspect")))["current"]["serial"] == installed["after"]["serial"]
+    restored = ok(cm(restore_args, diff=True))
+    assert restored["changed"] is True
+    assert restored["restored_serial"] == old_serial
+    back = ok(cm(dict(files, step="inspect")))
+    assert back["current"]["serial"] == restored["restored_serial"]
+    assert back["current"]["key_matches"] is True
+    assert ok(cm(restore_args))["changed"] is False
+
+
+def test_key_mismatch_leaves_every_file_identical(pki, slot):
+    install_initial(pki, slot)
+    ok(cm(dict(slot, step="csr")))
+    folder = os.path.dirname(slot["cert_path"])
+    before = snapshot(folder)
+    _other_key, foreign = pki.leaf(CN, dns=[CN])  # signed for another key
+    result = cm(dict(slot, step="install", certificate=pem(foreign), chain=pki.chain_pem))
+    assert result["failed"] is True
+    assert result["failure_class"] == "key_mismatch"
+    assert "staged key" in result["msg"]
+    assert snapshot(folder) == before
+
+
+def test_bad_pem_certificate_fails_and_touches_nothing(pki, slot):
+    install_initial(pki, slot)
+    folder = os.path.dirname(slot["cert_path"])
+    before = snapshot(folder)
+    for bad in ("garbage", key_pem(new_key())):
+        result = cm(dict(slot, step="install", certificate=bad))
+        assert result["failed"] and result["failure_class"] == "bad_pem"
+    assert snapshot(folder) == before
+
+
+def test_install_refuses_wrong_cn_untrusted_and_expired(pki, slot):
+    ok(cm(dict(slot, step="csr")))
+    csr = ok(cm(dict(slot, step="csr")))["csr"]
+    folder = os.path.dirname(slot["cert_path"])
+    before = snapshot(folder)
+    other = PKI("other")
+    untrusted = other.sign_csr(csr)
+    result = cm(dict(slot, step="install", certificate=pem(untrusted), chain=other.chain_pem, ca_bundle=pki.chain_pem))
+    assert result["failed"] and result["failure_class"] == "bad_input" and "ca_bundle" in result["msg"]
+    wrong_cn = cm(dict(slot, step="install", certificate=pem(pki.sign_csr(csr)), common_name="other.example"))
+    assert wrong_cn["failed"] and "CN" in wrong_cn["msg"]
+    past = datetime.datetime.now(UTC) - datetime.timedelta(days=40)
+    expired = pki.sign_csr(csr, days=30, not_before=past)
+    result = cm(dict(slot, step="install", certificate=pem(expired)))
+    assert result["failed"] and result["failure_class"] == "expired"
+    assert snapshot(folder) == before
+
+
+def test_inspect_reasons_from_disk(pki, slot):
+    key, cert = install_initial(pki, slot)
+    # key mismatch on disk
+    with open(slot["key_path"], "w") as fh:
+        fh.write(key_pem(new_key()))
+    res = ok(cm(dict(slot, step="inspect")))
+    assert res["reasons"] == ["key_mismatch"] and res["current"]["key_matches"] is False
+    os.unlink(slot["key_path"])
+    assert ok(cm(dict(slot, step="inspect")))["reasons"] == ["key_missing"]
+    with open(slot["key_path"], "w") as fh:
+        fh.write(key_pem(key))
+    # names differ, issuer untrusted, forced
+    res = ok(cm(dict(slot, step="inspect", common_name="agent-other.prod.privsec.ch",
+                     dns_names=["agent-other.prod.privsec.ch"], ca_bundle=PKI("new").chain_pem, force=True)))
+    assert res["reasons"] == ["forced", "cn_differs", "san_differs", "issuer_untrusted"]
+    assert res["chain_verified"] is False and res["chain_problem"]
+    # a stale fullchain
+    with open(slot["fullchain_path"], "w") as fh:
+        fh.write(pem(pki.leaf(CN)[1]))
+    assert ok(cm(dict(slot, step="inspect")))["reasons"] == ["fullchain_mismatch"]
+    # an unparsable cert file is data
+    with open(slot["cert_path"], "w") as fh:
+        fh.write("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    res = ok(cm(dict(slot, step="inspect")))
+    assert res["rotate"] is True and res["reasons"] == ["unparsable"] and res["parse_error"]
+
+
+def test_expired_cert_on_disk_and_renew_before(pki, slot):
+    past = datetime.datetime.now(UTC) - datetime.timedelta(days=31)
+    key, cert = pki.leaf(CN, dns=[CN], days=30, not_before=past)
+    with open(slot["key_path"], "w") as fh:
+        fh.write(key_pem(key))
+    with open(slot["cert_path"], "w") as fh:
+        fh.write(pem(cert))
+    res = ok(cm(dict(slot, step="inspect")))
+    assert res["reasons"] == ["expired"]
+    install_initial(pki, slot, days=10)
+    assert ok(cm(dict(slot, step="inspect", renew_before="3d")))["reasons"] == ["valid"]
+    assert ok(cm(dict(slot, step="inspect", renew_before="11d")))["reasons"] == ["due"]
+
+
+def test_csr_check_mode_writes_nothing_and_rsa(slot):
+    res = ok(cm(dict(slot, step="csr"), check=True))
+    assert res["changed"] is True and res["csr"] is None
+    assert not os.path.exists(slot["key_path"] + ".next")
+    res = ok(cm(dict(slot, step="csr", key_type="rsa", key_size=3072, ip_addresses=["127.0.0.1"])))
+    assert res["key_type"] == "rsa-3072"
+    from cryptography import x509
+    csr = x509.load_pem_x509_csr(res["csr"].encode())
+    assert csr.public_key().key_size == 3072
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    # asking for EC replaces a staged RSA key
+    res = ok(cm(dict(slot, step="csr")))
+    assert res["changed"] is True and res["key_type"] == "ec-256"
+
+
+def test_restore_without_backup_and_expect_serial(pki, slot):
+    result = cm(dict(slot, step="restore"))
+    assert result["failed"] and result["failure_class"] == "missing_file"
+    install_initial(pki, slot)
+    _k2, second = install_initial(pki, slot)
+    current = ok(cm(dict(slot, step="inspect")))["current"]["serial"]
+    # the run's install never happened (another serial expected): nothing restored
+    res = ok(cm(dict(slot, step="restore", expect_serial="01:02:03")))
+    assert res["changed"] is False and ok(cm(dict(slot, step="inspect")))["current"]["serial"] == current
+    res = ok(cm(dict(slot, step="restore", expect_serial=current.replace(":", "").upper())))
+    assert res["changed"] is True and res["restored_serial"] != current
+
+
+def test_missing_folder_is_classified(pki, tmp_path):
+    key, cert = pki.leaf(CN)
+    res = cm({"step": "install", "cert_path": str(tmp_path / "nope" / "a.crt"),
+              "key_path": str(tmp_path / "nope" / "a.key"), "certificate": pem(cert), "private_key": key_pem(key)})
+    assert res["failed"] and res["failure_class"] == "missing_file"
+    assert str(tmp_path / "nope") in res["msg"]
+
+
+def test_private_key_never_in_output(pki, slot):
+    key, cert = pki.leaf(CN, dns=[CN])
+    secret = key_pem(key)
+    res = ok(cm(dict(slot, step="install", certificate=pem(cert), private_key=secret), diff=True))
+    body = secret.splitlines()[1]
+    assert body not in repr(res)
+
+
+def test_python39_compatible_syntax():
+    import ast
+    from helpers import REPO
+    for rel in ("plugins/modules/cert_material.py", "plugins/module_utils/_x509.py",
+                "plugins/module_utils/_files.py", "plugins/module_utils/_rotation.py"):
+        ast.parse((REPO / rel).read_text(), feature_version=(3, 9))
