@@ -3,7 +3,8 @@
 # ansible_collections/privsec/vault_rotate folder (.cache/), offline-safe.
 #
 #  - the copy leaves out what is not the collection (.venv .lab .cache
-#    collections .git tests/output, caches); tar is used because rsync is not
+#    collections .git tests/output, caches) and the pytest suites + lab
+#    (tests/ other than tests/sanity: controller-only, linted by ruff); tar is used because rsync is not
 #    on a fresh machine of this kind; the copy gets a throwaway git repo so
 #    ansible-test lists its files (see below);
 #  - ansible-test's pip bootstrap (get-pip, normally downloaded) is provided
@@ -33,7 +34,14 @@ tar -C "$REPO" -cf - \
     --exclude=./.venv --exclude=./.lab --exclude=./.cache --exclude=./.git \
     --exclude=./collections --exclude=./tests/output --exclude=./reports \
     --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache \
-    --exclude='./privsec-vault_rotate-*.tar.gz' . | tar -C "$DEST" -xf -
+    --exclude='./privsec-vault_rotate-*.tar.gz' --exclude=./tests . | tar -C "$DEST" -xf -
+# Of tests/ only tests/sanity (ignore files) goes in: the pytest suites and the
+# lab are controller-only code (Python >= 3.11, never shipped to a target, not
+# in ansible-test's tests/unit layout) and are linted by ruff instead.
+if [ -d "$REPO/tests/sanity" ]; then
+    mkdir -p "$DEST/tests"
+    cp -a "$REPO/tests/sanity" "$DEST/tests/sanity"
+fi
 # ansible-test lists content with git when it finds a .git in the folder or any
 # parent: without its own repository the copy would resolve to the outer repo,
 # where .cache/ is ignored, and every target would be skipped. A throwaway

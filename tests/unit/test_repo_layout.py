@@ -1,0 +1,174 @@
+"""The collection's metadata agrees with itself and with what the tooling assumes.
+
+These checks read the real files of the checkout (no Vault needed): galaxy.yml,
+meta/runtime.yml, the collections/ symlink, ansible.cfg, the module docs and the
+requirement pins. Each one guards a mistake that would otherwise show up late
+(an FQCN that does not resolve, a module missing from `module_defaults`, a venv
+that drifted from the pins).
+"""
+import ast
+import configparser
+import os
+import re
+import sys
+from importlib.metadata import version as dist_version
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+REPO = Path(__file__).resolve().parents[2]
+MODULES = REPO / "plugins" / "modules"
+CONNECTION_FRAGMENT = "privsec.vault_rotate.connection"
+
+
+def load_yaml(rel):
+    with open(REPO / rel, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+@pytest.fixture(scope="module")
+def galaxy():
+    return load_yaml("galaxy.yml")
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return load_yaml("meta/runtime.yml")
+
+
+def module_names():
+    return sorted(p.stem for p in MODULES.glob("*.py") if p.stem != "__init__")
+
+
+def module_documentation(name):
+    """DOCUMENTATION of a module as data, read without importing the module."""
+    source = (MODULES / (name + ".py")).read_text(encoding="utf-8")
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "DOCUMENTATION" for t in node.targets):
+            try:
+                return yaml.safe_load(node.value.value)
+            except yaml.YAMLError as exc:
+                pytest.fail("plugins/modules/%s.py: DOCUMENTATION is not valid YAML: %s" % (name, exc))
+    pytest.fail("plugins/modules/%s.py has no DOCUMENTATION" % name)
+
+
+def pinned(requirements_file):
+    """{name: Requirement} of the requirement lines that apply to this Python."""
+    reqs = {}
+    for line in (REPO / requirements_file).read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate():
+            reqs[req.name.lower()] = req
+    return reqs
+
+
+def test_collections_symlink_points_at_the_repo_root(galaxy):
+    link = REPO / "collections" / "ansible_collections" / galaxy["namespace"] / galaxy["name"]
+    assert link.is_symlink(), "%s must be a symlink (committed), not a copy" % link
+    target = os.readlink(link)
+    assert not os.path.isabs(target), "the symlink must be relative to work from any checkout: %s" % target
+    assert link.resolve() == REPO
+
+
+def test_galaxy_identity_and_version(galaxy):
+    assert (galaxy["namespace"], galaxy["name"]) == ("privsec", "vault_rotate")
+    assert re.fullmatch(r"\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?", str(galaxy["version"])), galaxy["version"]
+    for key in ("readme", "authors", "description", "license", "repository"):
+        assert galaxy.get(key), "galaxy.yml needs %s" % key
+    assert (REPO / galaxy["readme"]).is_file()
+
+
+def test_galaxy_build_ignores_local_state(galaxy):
+    ignored = set(galaxy.get("build_ignore", []))
+    # What bootstrap, the lab, sanity and pytest leave in the tree must never
+    # end up in a built collection (the venv alone is hundreds of MB).
+    for path in (".venv", ".lab", ".cache", "collections", "tests/output"):
+        assert path in ignored, "galaxy.yml build_ignore lacks %s" % path
+
+
+def test_ansible_cfg_finds_the_collection_from_a_plain_checkout():
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "ansible.cfg")
+    paths = [p.strip() for p in cfg.get("defaults", "collections_path").split(os.pathsep)]
+    assert "./collections" in paths or str(REPO / "collections") in paths
+
+
+def test_requires_ansible_covers_every_tested_ansible_core(runtime):
+    spec = SpecifierSet(runtime["requires_ansible"])
+    # Both pins of requirements-controller.txt (Python >= 3.12 and the 3.11
+    # fallback) are versions CI may run: each must satisfy requires_ansible.
+    text = (REPO / "requirements-controller.txt").read_text(encoding="utf-8")
+    cores = re.findall(r"^ansible-core==([0-9.]+)", text, flags=re.M)
+    assert cores, "requirements-controller.txt pins no ansible-core"
+    for core in cores:
+        assert Version(core) in spec, "ansible-core %s is pinned but requires_ansible is %s" % (core, spec)
+    assert Version(dist_version("ansible-core")) in spec
+
+
+def test_action_group_entries_are_existing_modules(runtime):
+    for group, entries in (runtime.get("action_groups") or {}).items():
+        for entry in entries:
+            if isinstance(entry, dict):  # metadata: extend_group
+                continue
+            ns, name, module = entry.split(".")
+            assert (ns, name) == ("privsec", "vault_rotate"), "%s in group %s is not an FQCN of this collection" % (entry, group)
+            assert (MODULES / (module + ".py")).is_file(), "action group %s lists %s, which does not exist" % (group, entry)
+
+
+def test_every_vault_module_is_in_the_vault_action_group(runtime):
+    """module_defaults: group/privsec.vault_rotate.vault must set the connection of every Vault module."""
+    group = set((runtime.get("action_groups") or {}).get("vault", []))
+    for name in module_names():
+        fragments = module_documentation(name).get("extends_documentation_fragment") or []
+        if isinstance(fragments, str):
+            fragments = [fragments]
+        fqcn = "privsec.vault_rotate." + name
+        if CONNECTION_FRAGMENT in fragments:
+            assert fqcn in group, "%s uses the Vault connection options but is not in action_groups.vault" % fqcn
+        else:
+            assert fqcn not in group, "%s is in action_groups.vault but does not take the connection options" % fqcn
+
+
+def test_module_docs_name_the_module():
+    for name in module_names():
+        doc = module_documentation(name)
+        assert doc.get("module") == name, "plugins/modules/%s.py: DOCUMENTATION.module is %r" % (name, doc.get("module"))
+        assert doc.get("short_description"), "plugins/modules/%s.py: no short_description" % name
+
+
+def test_module_utils_are_private_or_documented():
+    # DESIGN.md: private helpers start with "_"; a public module_util is API.
+    for path in (REPO / "plugins" / "module_utils").glob("*.py"):
+        if path.name == "__init__.py" or path.name.startswith("_"):
+            continue
+        assert ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))), (
+            "public module_utils/%s needs a docstring saying it is API (or rename it _%s)" % (path.name, path.name))
+
+
+def test_controller_requirements_are_pinned_and_installed():
+    """The venv matches the pins (a stale .venv is caught here, not as an odd failure later)."""
+    controller = pinned("requirements-controller.txt")
+    dev = pinned("requirements-dev.txt")
+    assert "-r requirements-controller.txt" in (REPO / "requirements-dev.txt").read_text(encoding="utf-8")
+    for name, req in {**controller, **dev}.items():
+        specs = list(req.specifier)
+        assert len(specs) == 1 and specs[0].operator == "==", "%s must be pinned with ==: %s" % (name, req)
+        assert req.specifier.contains(dist_version(name)), "installed %s %s does not match the pin %s (run scripts/bootstrap.sh)" % (
+            name, dist_version(name), req)
+
+
+def test_managed_host_requirements_are_loose():
+    # requirements.txt is for targets / execution environments: ranges, not pins.
+    for name, req in pinned("requirements.txt").items():
+        assert not any(s.operator == "==" for s in req.specifier), "requirements.txt pins %s: use a range" % name
+
+
+def test_controller_python_is_supported():
+    assert sys.version_info >= (3, 11), "the controller venv must be Python >= 3.11 (bootstrap picks >= 3.12 when it can)"
