@@ -16,7 +16,7 @@ options:
     description:
       - User (name or numeric id) that owns every file written, usually the service user (V(vaultprod), the app user).
       - When not set, a replaced file keeps its owner and a new file belongs to the user running the task.
-      - Setting an owner other than yourself needs root (C(become: true)).
+      - Setting an owner other than yourself needs root (C(become=true)).
     type: str
   group:
     description:
@@ -31,7 +31,7 @@ options:
     type: bool
     default: true
 notes:
-  - Files are written atomically: a temporary file in the same folder is written, flushed to disk, given its owner and
+  - Files are written atomically. A temporary file in the same folder is written, flushed to disk, given its owner and
     mode, then renamed over the target; the folder is flushed too. Readers see the old or the new file, never a part.
   - A write that fails (folder missing, disk full, read-only filesystem, permission denied) leaves every target and
     backup as it was and fails with RV(failure_class) (V(missing_file), V(write_failed)) and the path.

@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 module: cert_material
 short_description: Inspect, key and CSR, install and restore the certificate files of one slot on its host
 description:
-  - Runs on the host that owns the files of one certificate (a "slot"): private key, certificate,
+  - Runs on the host that owns the files of one certificate (a slot), that is its private key, certificate,
     fullchain (leaf + intermediates) and CA chain file.
   - O(step=inspect) parses what is on disk and decides keep or rotate, with the reasons
     (V(missing), V(unparsable), V(key_missing), V(key_mismatch), V(expired), V(due), V(cn_differs),
@@ -61,12 +61,12 @@ options:
     required: true
   fullchain_path:
     description:
-      - Optional path of a fullchain file written with the pair: the leaf followed by the intermediate CA
+      - Optional path of a fullchain file written with the pair, holding the leaf followed by the intermediate CA
         certificates of O(chain) (self-signed roots left out), for example C(fullchain.crt) of a Vault listener.
     type: path
   chain_path:
     description:
-      - Optional path of the CA chain file written with the pair: the certificates of O(chain) as given,
+      - Optional path of the CA chain file written with the pair, holding the certificates of O(chain) as given,
         for example C(ca_chain.pem) or C(issuing_ca.pem).
       - Written only when O(chain) (or extra certificates after the leaf in O(certificate)) is given.
     type: path
