@@ -126,4 +126,6 @@ say "installing pinned requirements (requirements-dev.txt)"
     | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 "$VENV/bin/bao" version >/dev/null || die "$VENV/bin/bao does not run"
 printf '%s\n' "$want" >"$STAMP"
-say "ready: $VENV (Python $PY_VERSION from $PY), $("$VENV/bin/ansible" --version | head -1), $("$VENV/bin/bao" version | head -1)"
+core="$("$VENV/bin/python" -c 'from importlib.metadata import version; print(version("ansible-core"))')"
+bao="$("$VENV/bin/bao" version)"
+say "ready: $VENV (Python $PY_VERSION from $PY), ansible-core $core, ${bao%%$'\n'*}"
