@@ -52,7 +52,8 @@ lab-status: bootstrap
 	$(LABCTL) status
 
 lint: bootstrap
-	$(MAKE) --no-print-directory ruff ansible-lint sanity
+	@# -k: run all three linters and report every failure, not just the first
+	$(MAKE) -k --no-print-directory ruff ansible-lint sanity
 
 ruff:
 	$(VENV)/bin/ruff check .
