@@ -72,17 +72,24 @@ find_python() {
     local candidates=() v p pyenv_root=""
     for v in 3.15 3.14 3.13 3.12 3.11; do
         p="$(command -v "python$v" 2>/dev/null || true)"
-        [ -n "$p" ] && candidates+=("$p")
+        # pyenv shims are slow wrappers (and broken here): the pyenv versions
+        # themselves are searched below by full path.
+        case "$p" in ""|*/shims/*) continue;; esac
+        candidates+=("$p")
     done
     if command -v pyenv >/dev/null 2>&1; then
         pyenv_root="$(pyenv root 2>/dev/null || true)"
     fi
     pyenv_root="${pyenv_root:-${PYENV_ROOT:-$HOME/.pyenv}}"
-    for p in "$pyenv_root"/versions/*/bin/python3 /usr/local/bin/python3 /usr/bin/python3; do
+    for p in "$pyenv_root"/versions/3.1[1-9]*/bin/python3 /usr/local/bin/python3 /usr/bin/python3; do
         [ -x "$p" ] && candidates+=("$p")
     done
-    local best="" best_key=0 ver major minor micro key
+    local best="" best_key=0 ver major minor micro key real seen=" "
     for p in "${candidates[@]}"; do
+        # Probe each real interpreter once (python3.11 and python3 are often one file).
+        real="$(readlink -f "$p")"
+        case "$seen" in *" $real "*) continue;; esac
+        seen="$seen$real "
         ver="$(probe_python "$p")"
         [ -n "$ver" ] || continue   # broken shim, or no venv module
         read -r major minor micro <<<"$ver"
