@@ -155,7 +155,7 @@ def load_private_key(data, what="private key"):
             message = "%s is empty" % what
         elif pem_blocks(text):
             message = "%s holds no private key (found: %s)" % (
-                what, ", ".join(sorted(set(label for label, _ in pem_blocks(text)))))
+                what, ", ".join(sorted(set(block[0] for block in pem_blocks(text)))))
         else:
             message = "%s is not PEM" % what
         raise RotateError("bad_pem", message, hint="pass the PEM text of an unencrypted private key")

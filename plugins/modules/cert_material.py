@@ -28,7 +28,7 @@ description:
   - O(step=restore) puts the C(.prev) generation back, again as one group.
 version_added: 0.1.0
 author:
-  - privsec platform engineering
+  - privsec platform engineering (@privsec)
 extends_documentation_fragment:
   - privsec.vault_rotate.files
 attributes:
@@ -149,7 +149,7 @@ options:
   expect_serial:
     description:
       - For O(step=restore) only. Restore only when the installed certificate has this serial (the one this run
-        installed). When it has another serial, nothing is restored (RV(changed=false)); this keeps a rollback
+        installed). When it has another serial, nothing is restored (C(changed=false)); this keeps a rollback
         after a failure BEFORE the install from putting back an older generation.
     type: str
 notes:
@@ -534,8 +534,8 @@ class Material(object):
         if want_cn and info["common_name"] != want_cn:
             raise RotateError("bad_input", "the new certificate is for CN %r, wanted %r" % (info["common_name"], want_cn),
                               hint="check the common_name sent to Vault and the PKI role")
-        problems = _rotation.san_difference(info, want_cn, self.params.get("dns_names"),
-                                             self.params.get("ip_addresses"))
+        problems = _rotation.san_difference(
+            info, want_cn, self.params.get("dns_names"), self.params.get("ip_addresses"))
         if problems:
             raise RotateError("bad_input", "the new certificate does not carry the wanted names: %s" % problems,
                               hint="check alt_names/ip_sans sent to Vault and what the PKI role allows")
@@ -677,7 +677,7 @@ def main():
             private_key=dict(type="str", no_log=True),
             owner=dict(type="str"),
             group=dict(type="str"),
-            key_mode=dict(type="str", default="0600"),
+            key_mode=dict(type="str", default="0600", no_log=False),
             cert_mode=dict(type="str", default="0644"),
             backup=dict(type="bool", default=True),
             expect_serial=dict(type="str"),

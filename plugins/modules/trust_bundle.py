@@ -15,12 +15,12 @@ description:
     holds exactly the wanted certificates.
   - Compares as a SET of certificates (by SHA-256 fingerprint) - order, duplicates, whitespace and text between the
     PEM blocks do not count. The file is rewritten only when the set differs, so a second identical task reports
-    RV(changed=false).
+    C(changed=false).
   - The file is replaced atomically and the previous one is kept as C(<path>.prev); O(state=restored) puts it back.
   - Diff and return values list the certificates (subject, serial, not_after), never PEM.
 version_added: 0.1.0
 author:
-  - privsec platform engineering
+  - privsec platform engineering (@privsec)
 extends_documentation_fragment:
   - privsec.vault_rotate.files
 attributes:
