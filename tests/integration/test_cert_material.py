@@ -285,3 +285,46 @@ def test_python39_compatible_syntax():
     for rel in ("plugins/modules/cert_material.py", "plugins/module_utils/_x509.py",
                 "plugins/module_utils/_files.py", "plugins/module_utils/_rotation.py"):
         ast.parse((REPO / rel).read_text(), feature_version=(3, 9))
+
+
+# ---------------------------------------------------------------- with the real lab (read-only on its files)
+
+def _read(path):
+    with open(path) as fh:
+        return fh.read()
+
+
+@pytest.mark.lab
+def test_inspect_real_lab_listener_files(lab):
+    """The lab's listener files, read-only: parse, key matches, chain verifies against root."""
+    paths = lab.info["paths"]
+    before = {p: os.stat(paths[p]).st_mtime_ns for p in ("server_crt", "server_key", "fullchain", "ca_chain")}
+    res = ok(cm({"step": "inspect", "cert_path": paths["server_crt"], "key_path": paths["server_key"],
+                 "fullchain_path": paths["fullchain"], "chain_path": paths["ca_chain"],
+                 "common_name": "vault.prod.privsec.ch", "ca_bundle": _read(paths["root_ca"])}))
+    assert res["changed"] is False
+    assert res["current"]["key_matches"] is True
+    assert res["chain_verified"] is True, res["chain_problem"]
+    assert "issuer_untrusted" not in res["reasons"] and "fullchain_mismatch" not in res["reasons"]
+    assert len(res["chain"]) == 2
+    assert {p: os.stat(paths[p]).st_mtime_ns for p in before} == before
+
+
+@pytest.mark.lab
+def test_csr_signed_by_real_vault_installs_and_verifies(lab, slot):
+    """cert_material csr -> pki_cert sign (real OpenBao, admin identity) -> install -> keep."""
+    from vault_api_helpers import admin_args
+    paths = lab.info["paths"]
+    bundle = _read(paths["ca_chain"])
+    csr = ok(cm(dict(slot, step="csr")))
+    signed = run_module("pki_cert", admin_args(lab, mount="pki-prod", role="agent-mtls-ncprd1", csr=csr["csr"],
+                                               common_name=CN, ttl="24h"))
+    assert not signed["failed"], signed.get("msg")
+    args = dict(slot, step="install", certificate=signed["certificate"], chain=signed["ca_chain"], ca_bundle=bundle)
+    installed = ok(cm(args))
+    assert installed["changed"] is True and installed["after"]["serial"] == signed["serial"]
+    with open(slot["fullchain_path"]) as fh:
+        assert fh.read() == signed["fullchain"]
+    keep = ok(cm(dict(slot, step="inspect", ca_bundle=bundle)))
+    assert keep["reasons"] == ["valid"] and keep["chain_verified"] is True
+    assert ok(cm(args))["changed"] is False
