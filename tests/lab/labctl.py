@@ -9,8 +9,10 @@ CMD: up | down [--purge] | status [--json] | info | unseal
 Env overrides: LAB_DIR, LAB_VAULT_PORT, LAB_PROXY_PORT, LAB_FRONTEND_PORT_BASE, LAB_APPS.
 """
 import argparse
+import fcntl
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,11 +43,33 @@ def parse(argv):
     return ap.parse_args(argv)
 
 
+def lab_lock(directory):
+    """An exclusive flock on DIR/.labctl.lock; waits (up to 10 min) for another labctl."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fh = open(directory / ".labctl.lock", "a")  # held until the process exits
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("labctl: waiting for another labctl on %s" % directory, file=sys.stderr)
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LabError("another labctl holds %s for more than 10 min" % (directory / ".labctl.lock"))
+                time.sleep(0.1)
+    return fh
+
+
 def main(argv=None):
     args = parse(sys.argv[1:] if argv is None else argv)
     try:
         lab = Lab(dir=args.dir, vault_port=args.vault_port, proxy_port=args.proxy_port,
                   frontend_port_base=args.frontend_port_base, apps=args.apps)
+        if args.cmd in ("up", "down", "unseal", "unit") and (args.cmd == "up" or lab.dir.exists()):
+            lab.lock = lab_lock(lab.dir)  # one labctl at a time changes a lab (held until exit)
         if args.cmd == "up":
             lab.up()
             return EXIT_OK
