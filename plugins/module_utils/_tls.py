@@ -10,6 +10,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import hashlib
 import os
 import socket
 import ssl
@@ -133,6 +134,20 @@ def connect(host, port, server_name=None, context=None, timeout=10.0):
         raise classify_exception(exc, target=target, server_name=name, phase=phase)
 
 
+def pending_alert(tls_sock, wait=0.2):
+    """The TLS alert a server sent before closing, if it is still in our receive
+    buffer (a write that failed with EPIPE/ECONNRESET hides it). None otherwise."""
+    try:
+        tls_sock.settimeout(wait)
+        tls_sock.recv(1)
+    except ssl.SSLError as exc:
+        if not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return exc
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
 def peer_chain_der(tls_sock):
     """DER certificates the peer sent, leaf first (best effort before Python 3.13)."""
     getter = getattr(tls_sock, "get_unverified_chain", None)
@@ -194,7 +209,10 @@ def _http_get(tls_sock, path, host_header, timeout):
         "Accept: */*\r\nConnection: close\r\n\r\n" % (path, host_header)
     )
     tls_sock.settimeout(timeout)
-    tls_sock.sendall(request.encode("ascii"))
+    try:
+        tls_sock.sendall(request.encode("ascii"))
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        raise pending_alert(tls_sock) or exc
     data = b""
     while len(data) < _HTTP_MAX:
         try:
@@ -234,13 +252,51 @@ def _dechunk(body):
     return out
 
 
-def _describe_chain(chain_der, now=None):
+_SHORT_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+                "localityName": "L", "stateOrProvinceName": "ST", "domainComponent": "DC", "emailAddress": "E"}
+
+
+def _rfc4514(name_tuple):
+    rdns = []
+    for rdn in name_tuple or ():
+        rdns.append("+".join("%s=%s" % (_SHORT_NAMES.get(k, k), v.replace(",", "\\,")) for k, v in rdn))
+    return ",".join(reversed(rdns))
+
+
+def _describe_without_cryptography(chain_der, peer):
+    """Fallback on hosts without cryptography: the fingerprint always, the rest
+    from ssl's parsed view (only available when the chain was verified)."""
+    info = {"fingerprint_sha256": ":".join("%02x" % b for b in bytearray(hashlib.sha256(chain_der[0]).digest()))}
+    if not peer:
+        return info
+    from ansible_collections.privsec.vault_rotate.plugins.module_utils._x509 import format_serial
+
+    sans = peer.get("subjectAltName", ())
+    not_after = ssl.cert_time_to_seconds(peer["notAfter"])
+    subject = dict(kv for rdn in peer.get("subject", ()) for kv in rdn)
+    info.update(
+        serial=format_serial(int(peer["serialNumber"], 16)),
+        subject=_rfc4514(peer.get("subject")),
+        issuer=_rfc4514(peer.get("issuer")),
+        common_name=subject.get("commonName"),
+        dns_names=[v for k, v in sans if k == "DNS"],
+        ip_addresses=[v.lower() for k, v in sans if k == "IP Address"],
+        not_before=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ssl.cert_time_to_seconds(peer["notBefore"]))),
+        not_after=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(not_after)),
+        days_left=round((not_after - time.time()) / 86400.0, 4),
+    )
+    return info
+
+
+def _describe_chain(chain_der, peer=None, now=None):
     """cert_info of the leaf plus a short chain list (canonical formats)."""
     # Imported here: cryptography is needed only to describe, not to connect.
     from ansible_collections.privsec.vault_rotate.plugins.module_utils import _x509
 
-    if not chain_der or not _x509.HAS_CRYPTOGRAPHY:
+    if not chain_der:
         return {}
+    if not _x509.HAS_CRYPTOGRAPHY:
+        return _describe_without_cryptography(chain_der, peer)
     from cryptography import x509 as _cx509
 
     certs = [_cx509.load_der_x509_certificate(der) for der in chain_der]
@@ -270,20 +326,21 @@ def probe(host, port, server_name=None, context=None, timeout=10.0, http_path=No
     result = {"ok": False, "failure_class": None, "tls_alert": None, "msg": None, "hint": None,
               "target": target, "server_name": name, "verified": False}
     chain = []
+    peer = None
     tls_sock = None
     try:
         tls_sock = connect(host, port, server_name=server_name, context=context, timeout=timeout)
         chain = peer_chain_der(tls_sock)
+        peer = tls_sock.getpeercert()  # {} unless verified
         result["tls_version"] = tls_sock.version()
         result["cipher"] = (tls_sock.cipher() or (None,))[0]
         result["verified"] = context is not None and context.verify_mode == ssl.CERT_REQUIRED
         try:
+            _post_handshake_check(tls_sock, min(post_handshake_wait, timeout))
             if http_path:
                 status, body = _http_get(tls_sock, http_path, _host_header(name, port), timeout)
                 result["http_status"] = status
                 result["http_body"] = body[:4096].decode("utf-8", "replace")
-            else:
-                _post_handshake_check(tls_sock, min(post_handshake_wait, timeout))
         except Exception as exc:  # pylint: disable=broad-except
             raise classify_exception(exc, target=target, server_name=name, phase="request")
         result.update(ok=True, msg="TLS handshake with %s ok" % target)
@@ -303,7 +360,7 @@ def probe(host, port, server_name=None, context=None, timeout=10.0, http_path=No
                 tls_sock.close()
             except OSError:
                 pass
-    result.update(_describe_chain(chain))
+    result.update(_describe_chain(chain, peer))
     return result
 
 

@@ -29,7 +29,7 @@ from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors impor
     classify_exception,
     classify_http,
 )
-from ansible_collections.privsec.vault_rotate.plugins.module_utils._tls import connect, make_context
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._tls import connect, make_context, pending_alert
 
 
 CONNECTION_ARGSPEC = dict(
@@ -152,6 +152,8 @@ class VaultClient(object):
                 self.close()
                 raise
             except Exception as exc:  # pylint: disable=broad-except
+                if isinstance(exc, (BrokenPipeError, ConnectionResetError)) and not reused:
+                    exc = pending_alert(self._conn.sock) or exc
                 self.close()
                 stale = reused and attempt == 0 and isinstance(
                     exc, (http_client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)

@@ -23,13 +23,14 @@ description:
     (after a restart a port forwarder resets connections until the server listens).
   - Never changes anything.
 author:
-  - privsec platform engineering
+  - privsec platform engineering (@privsec)
 attributes:
   check_mode:
     support: full
     description: The probe only reads; it runs the same in check mode.
   diff_mode:
     support: none
+    description: Nothing changes, so there is nothing to diff.
 options:
   host:
     description:
@@ -327,7 +328,8 @@ def main():
         supports_check_mode=True,
     )
     if not _x509.HAS_CRYPTOGRAPHY:
-        module.fail_json(msg=missing_required_lib("cryptography"), exception=_x509.CRYPTOGRAPHY_IMPORT_ERROR)
+        module.warn("%s Without it the probe reports the fingerprint, and the serial, names and validity only "
+                    "when the chain was verified; no chain list." % missing_required_lib("cryptography"))
     p = module.params
     if p["timeout"] <= 0 or p["wait_timeout"] < 0 or p["interval"] <= 0:
         module.fail_json(msg="timeout and interval must be > 0, wait_timeout >= 0", failure_class="bad_input")
@@ -362,12 +364,13 @@ def main():
     for key in ("target", "verify_message", "errno", "phase"):
         result.setdefault(key, None)
     if not result["ok"] and p["fail_on_error"]:
-        msg = result.pop("msg")
+        msg = result["msg"]
         if result.get("hint"):
             msg = "%s. Next: %s" % (msg.rstrip("."), result["hint"])
         if p["wait_timeout"]:
             msg = "%s (after %d attempts in %.1f s)" % (msg, attempts, result["elapsed"])
-        module.fail_json(msg=msg, **result)
+        details = dict((k, v) for k, v in result.items() if k != "msg")
+        module.fail_json(msg=msg, **details)
     module.exit_json(**result)
 
 

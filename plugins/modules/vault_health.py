@@ -18,19 +18,20 @@ description:
     501 not initialised. A restarted server answers 503, then 429, then 200.
   - Waits with a bound (O(wait_timeout)) and a growing pause, through refused and reset connections
     (a container port forwarder resets connections until the server inside listens).
-  - When the node is sealed and O(unseal_keys) are given, unseals it (RV(changed=true)).
+  - When the node is sealed and O(unseal_keys) are given, unseals it (C(changed=true)).
   - C(sys/health), C(sys/seal-status) and C(sys/unseal) need no token; the auth options are accepted
     (so C(module_defaults) can set them for the whole group) and not used.
 author:
-  - privsec platform engineering
+  - privsec platform engineering (@privsec)
 extends_documentation_fragment:
   - privsec.vault_rotate.connection
 attributes:
   check_mode:
     support: full
-    description: In check mode a sealed node is not unsealed; the module reports RV(changed=true) when it would unseal.
+    description: In check mode a sealed node is not unsealed; the module reports C(changed=true) when it would unseal.
   diff_mode:
     support: none
+    description: An unseal has no before/after worth a diff; RV(unsealed) says whether it happened.
 options:
   wait_timeout:
     description:

@@ -97,8 +97,7 @@ def tls_failure(files, serve="server", client="client", ca="ca", server_name=SNI
     a.settimeout(5)
     try:
         tls = ctx.wrap_socket(a, server_hostname=server_name)
-        tls.sendall(b"x")
-        tls.recv(1)
+        tls.recv(1)  # TLS 1.3: the verdict on the client cert comes after the handshake
     except Exception as exc:  # the exception is what we test
         return exc
     finally:
