@@ -125,6 +125,7 @@ options:
     description:
       - PEM of the new certificate for O(step=install) (the leaf first; CA certificates after it are
         used as the chain when O(chain) is not given).
+      - Required with O(step=install), except in check mode (where M(privsec.vault_rotate.pki_cert) returns none).
     type: str
   chain:
     description:
@@ -586,6 +587,11 @@ class Material(object):
         return files
 
     def install(self):
+        if not self.params.get("certificate") and self.module.check_mode:
+            # A check-mode chain csr -> pki_cert -> install has no certificate to look at.
+            return dict(changed=True, before=None, after=None, serial=None, backup_files=[], written_files=[],
+                        staged_key=os.path.exists(self.staged_path),
+                        msg="check mode: no certificate given, the install would write %s" % ", ".join(self.paths()))
         leaf, chain, chain_given = self.new_material()
         after = self.check_new_leaf(leaf, chain)
         key_pem, source = self.pick_key(leaf)
@@ -682,7 +688,7 @@ def main():
             backup=dict(type="bool", default=True),
             expect_serial=dict(type="str"),
         ),
-        required_if=[("step", "install", ("certificate",)), ("step", "csr", ("common_name",))],
+        required_if=[("step", "csr", ("common_name",))],
         supports_check_mode=True,
     )
     if not _x509.HAS_CRYPTOGRAPHY:

@@ -328,3 +328,12 @@ def test_csr_signed_by_real_vault_installs_and_verifies(lab, slot):
     keep = ok(cm(dict(slot, step="inspect", ca_bundle=bundle)))
     assert keep["reasons"] == ["valid"] and keep["chain_verified"] is True
     assert ok(cm(args))["changed"] is False
+
+
+def test_check_mode_chain_without_certificate(slot):
+    """csr -> pki_cert -> install in check mode: pki_cert returns no certificate; install must not fail."""
+    res = ok(cm(dict(slot, step="install"), check=True))
+    assert res["changed"] is True and res["after"] is None
+    assert os.listdir(os.path.dirname(slot["cert_path"])) == []
+    res = cm(dict(slot, step="install"))
+    assert res["failed"] and res["failure_class"] == "bad_input"
