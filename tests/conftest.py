@@ -120,20 +120,30 @@ def throwaway_lab(tmp_path):
     taken = set()
 
     def make(up=True, **kw):
-        base = _free_block(taken)
-        taken.add(base)
-        lab = Lab(dir=kw.pop("dir", tmp_path / ("lab%d" % len(made))),
-                  vault_port=kw.pop("vault_port", base),
-                  proxy_port=kw.pop("proxy_port", base + 2),
-                  frontend_port_base=kw.pop("frontend_port_base", base + 3),
-                  apps=kw.pop("apps", None))
-        if kw:
-            raise TypeError("throwaway_lab: unknown options %s" % sorted(kw))
-        handle = LabHandle(lab)
-        made.append(handle)
-        if up:
-            _up_or_fail(handle)
-        return handle
+        explicit = {"vault_port", "proxy_port", "frontend_port_base"} & set(kw)
+        for attempt in range(3):
+            base = _free_block(taken)
+            taken.add(base)
+            opts = dict(kw)
+            lab = Lab(dir=opts.pop("dir", tmp_path / ("lab%d" % len(made))),
+                      vault_port=opts.pop("vault_port", base),
+                      proxy_port=opts.pop("proxy_port", base + 2),
+                      frontend_port_base=opts.pop("frontend_port_base", base + 3),
+                      apps=opts.pop("apps", None))
+            if opts:
+                raise TypeError("throwaway_lab: unknown options %s" % sorted(opts))
+            handle = LabHandle(lab)
+            made.append(handle)
+            if not up:
+                return handle
+            proc = handle.labctl("up")
+            if proc.returncode == 0:
+                return handle
+            # another session may have taken the block between our check and our start
+            if explicit or "already in use" not in proc.stderr or attempt == 2:
+                pytest.fail("lab up failed in %s:\n%s%s" % (handle.dir, proc.stdout, proc.stderr), pytrace=False)
+            handle.labctl("down", "--purge")
+        raise AssertionError("unreachable")
 
     yield make
     for handle in made:
