@@ -192,3 +192,13 @@ def test_split_leaf_and_dedupe(pki, leaf):
     assert leaf_cert == leaf[1] and rest == [pki.intermediate, pki.root]
     assert X.dedupe([pki.root, pki.intermediate, pki.root]) == [pki.root, pki.intermediate]
     assert X.is_self_signed(pki.root) and not X.is_self_signed(pki.intermediate)
+
+
+def test_fallback_without_verifier_gives_the_same_answers(pki, leaf, monkeypatch):
+    """Hosts with an older cryptography (no x509.verification) use the signature walk alone."""
+    monkeypatch.setattr(X, "_HAS_VERIFIER", False)
+    assert X.verify_chain(leaf[1], [pki.intermediate], [pki.root]) == (True, None)
+    ok, reason = X.verify_chain(leaf[1], [], [pki.root])
+    assert not ok and "not in the CA bundle" in reason
+    later = X.not_after(leaf[1]) + datetime.timedelta(seconds=1)
+    assert not X.verify_chain(leaf[1], [pki.intermediate], [pki.root], now=later)[0]
