@@ -1084,6 +1084,13 @@ path "{m}/sign/nginx-{a}" {{ capabilities = ["create", "update"] }}
         made = self.make_material()
         if made:
             did.append("made " + ", ".join(made))
+        expired = self.expired_certs()
+        fatal = [f for f in expired if f in (str(self.p["server_crt"]), str(self.p["admin_crt"]))]
+        if fatal:
+            raise LabError("expired: %s. The lab cannot work with them: `labctl.py down --purge` then `up` for a "
+                           "fresh lab (initial certs live 6 h after `up` from nothing)" % ", ".join(fatal))
+        for f in expired:
+            log("lab: WARNING expired certificate %s (rotate it, or `down --purge` + `up`)" % f)
         changed = self.write_configs()
         self.write_info()
         units = self.units()
@@ -1114,6 +1121,22 @@ path "{m}/sign/nginx-{a}" {{ capabilities = ["create", "update"] }}
         else:
             log("lab: already up, nothing to do (%.1fs, %s)" % (took, self.dir))
         return did
+
+    def expired_certs(self):
+        """Paths of the lab's leaf certificates (listener, admin, agents, frontends, proxy) past not_after."""
+        files = [self.p["server_crt"], self.p["admin_crt"]]
+        for app in self.apps + [PROXY_APP]:
+            a = self.p["apps"][app]
+            files += [a["agent_crt"], a.get("frontend_crt") or a["proxy_crt"]]
+        out = []
+        for f in files:
+            try:
+                cert = x509.load_pem_x509_certificate(f.read_bytes())
+            except (OSError, ValueError):
+                continue
+            if cert.not_valid_after_utc <= _now():
+                out.append(str(f))
+        return out
 
     def wait_agents(self, timeout=READY_TIMEOUT):
         """Wait until every agent has a token in its sink and has rendered whoami.json."""
