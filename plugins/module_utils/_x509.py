@@ -251,6 +251,12 @@ def is_ca(cert):
     return bool(constraints is not None and constraints.ca)
 
 
+def _explicitly_not_ca(cert):
+    """basicConstraints present with cA=false (a v1 cert without the extension is tolerated)."""
+    constraints = _extension(cert, ExtensionOID.BASIC_CONSTRAINTS)
+    return constraints is not None and not constraints.ca
+
+
 def is_self_signed(cert):
     if cert.issuer != cert.subject:
         return False
@@ -388,7 +394,7 @@ def build_chain(leaf, intermediates, anchors):
         parent = None
         for candidate in pool:
             if candidate is not current and fingerprint_sha256(candidate) != fingerprint_sha256(current) \
-                    and _signed_by(current, candidate):
+                    and not _explicitly_not_ca(candidate) and _signed_by(current, candidate):
                 parent = candidate
                 break
         if parent is None:

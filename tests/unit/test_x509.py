@@ -202,3 +202,7 @@ def test_fallback_without_verifier_gives_the_same_answers(pki, leaf, monkeypatch
     assert not ok and "not in the CA bundle" in reason
     later = X.not_after(leaf[1]) + datetime.timedelta(seconds=1)
     assert not X.verify_chain(leaf[1], [pki.intermediate], [pki.root], now=later)[0]
+    bad_key = new_key()
+    not_ca = make_cert("not-a-ca", bad_key, pki.root, pki.root_key, ca=False)
+    below = make_cert("leaf", new_key(), not_ca, bad_key)
+    assert not X.verify_chain(below, [not_ca], [pki.root])[0]
