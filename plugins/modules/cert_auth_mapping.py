@@ -25,7 +25,7 @@ description:
   - After a write the mapping is read back and compared again; a field Vault did not store fails the task.
 version_added: 0.1.0
 author:
-  - privsec platform engineering
+  - privsec platform engineering (@privsec)
 extends_documentation_fragment:
   - privsec.vault_rotate.connection
 attributes:
@@ -210,11 +210,11 @@ def main():
             allowed_dns_sans=dict(type="list", elements="str"),
             allowed_uri_sans=dict(type="list", elements="str"),
             display_name=dict(type="str"),
-            token_policies=dict(type="list", elements="str"),
-            token_ttl=dict(type="raw"),
-            token_max_ttl=dict(type="raw"),
-            token_period=dict(type="raw"),
-            token_bound_cidrs=dict(type="list", elements="str"),
+            token_policies=dict(type="list", elements="str", no_log=False),
+            token_ttl=dict(type="raw", no_log=False),
+            token_max_ttl=dict(type="raw", no_log=False),
+            token_period=dict(type="raw", no_log=False),
+            token_bound_cidrs=dict(type="list", elements="str", no_log=False),
         ),
         required_if=[("state", "present", ("certificate",))],
         supports_check_mode=True,
@@ -252,18 +252,20 @@ def main():
         fields = changed_fields(current, desired)
         result["mapping"] = display(desired if fields else current)
         if fields and not module.check_mode:
+            failed = dict(result)
+            failed.update(changed=True, changed_fields=fields)
             try:
                 client.write(path, write_body(p, name))
                 _raw, stored = read_mapping(client, path, name)
             except RotateError as err:
-                module.fail_from(err, changed=True, **dict(result, changed_fields=fields))
+                module.fail_from(err, **failed)
             not_stored = changed_fields(stored, desired)
-            result["mapping"] = display(stored)
+            result["mapping"] = failed["mapping"] = display(stored)
             if not_stored:
                 module.fail_json(
                     msg="Vault did not store %s of %s as written" % (", ".join(not_stored), path),
                     failure_class="server_error", hint="read the mapping back (bao read %s) and compare" % path,
-                    changed=True, **dict(result, changed_fields=fields))
+                    **failed)
 
     result["changed"] = bool(fields)
     result["changed_fields"] = fields

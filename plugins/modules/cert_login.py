@@ -24,7 +24,7 @@ description:
   - Never reports C(changed).
 version_added: 0.1.0
 author:
-  - privsec platform engineering
+  - privsec platform engineering (@privsec)
 extends_documentation_fragment:
   - privsec.vault_rotate.connection
 attributes:

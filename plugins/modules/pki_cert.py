@@ -18,12 +18,12 @@ description:
   - Makes exactly one Vault request per run, plus the login when O(auth_method=cert).
   - Always reports C(changed) (every run makes a new certificate); whether a rotation is due is
     decided before, from the files on the target (module C(privsec.vault_rotate.cert_material)).
-  - Failures come back with a RV(failure_class) - V(not_found) for an unknown mount or role,
+  - Failures come back with a RV(failure_class), V(not_found) for an unknown mount or role,
     V(bad_input) with Vault's own message when the role refuses a name or TTL,
     V(permission_denied) with the path the token may not write.
 version_added: 0.1.0
 author:
-  - privsec platform engineering
+  - privsec platform engineering (@privsec)
 extends_documentation_fragment:
   - privsec.vault_rotate.connection
 attributes:
@@ -96,9 +96,9 @@ options:
     choices: [pem]
     default: pem
 notes:
-  - RV(private_key) is a secret. Tasks that issue (no O(csr)) should set C(no_log: true); the roles of this
+  - "RV(private_key) is a secret. Tasks that issue (no O(csr)) should set C(no_log: true); the roles of this
     collection do. Ansible masks registered secrets in a module's own return as well, so the module cannot
-    hide the key by itself without making it useless to the next task.
+    hide the key by itself without making it useless to the next task."
   - The issued certificate is not revoked or tidied by this module; old certificates expire.
 seealso:
   - module: privsec.vault_rotate.cert_auth_mapping
@@ -151,7 +151,7 @@ ca_chain:
 fullchain:
   description:
     - The leaf followed by its intermediate CA certificates (every CA of RV(ca_chain) that is not
-      self-signed): the content of a C(fullchain) file for a TLS server or client.
+      self-signed), the content of a C(fullchain) file for a TLS server or client.
   returned: success, not in check mode
   type: str
 serial:
