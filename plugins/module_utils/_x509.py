@@ -397,6 +397,8 @@ def build_chain(leaf, intermediates, anchors):
                     and not _explicitly_not_ca(candidate) and _signed_by(current, candidate):
                 parent = candidate
                 break
+        if parent is None and current.issuer == current.subject:
+            return None, "the root '%s' is not in the CA bundle" % current.subject.rfc4514_string()
         if parent is None:
             return None, "no trusted issuer for '%s' (issuer '%s' is not in the CA bundle)" % (
                 current.subject.rfc4514_string(), current.issuer.rfc4514_string())

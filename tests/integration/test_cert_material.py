@@ -337,3 +337,37 @@ def test_check_mode_chain_without_certificate(slot):
     assert os.listdir(os.path.dirname(slot["cert_path"])) == []
     res = cm(dict(slot, step="install"))
     assert res["failed"] and res["failure_class"] == "bad_input"
+
+
+OLD_HOST_PYTHON = "/usr/bin/python3.11"
+
+
+def test_runs_on_a_host_with_an_older_cryptography(pki, slot, tmp_path):
+    """A managed host with its distribution's Python and cryptography (here Debian's 3.11 + 38.x:
+    no x509.verification, no *_utc dates): the whole slot flow still works, via the fallbacks."""
+    import subprocess
+    probe = subprocess.run([OLD_HOST_PYTHON, "-c", "import cryptography; print(cryptography.__version__)"],
+                           capture_output=True, text=True, check=False) if os.path.exists(OLD_HOST_PYTHON) else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("no %s with cryptography on this machine" % OLD_HOST_PYTHON)
+    import ansible
+    shim = tmp_path / "site"
+    shim.mkdir()
+    (shim / "ansible").symlink_to(os.path.dirname(ansible.__file__))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env["PYTHONPATH"] = str(shim)
+
+    def old(args):
+        return ok(run_module("cert_material", args, env=env, python=OLD_HOST_PYTHON))
+
+    assert old(dict(slot, step="inspect"))["reasons"] == ["missing"]
+    csr = old(dict(slot, step="csr"))["csr"]
+    args = dict(slot, step="install", certificate=pem(pki.sign_csr(csr)), chain=pki.chain_pem, ca_bundle=pki.chain_pem)
+    assert old(args)["changed"] is True
+    keep = old(dict(slot, step="inspect", ca_bundle=pem(pki.root)))
+    assert keep["reasons"] == ["valid"] and keep["chain_verified"] is True
+    other = old(dict(slot, step="inspect", ca_bundle=PKI("other").chain_pem))
+    assert other["reasons"] == ["issuer_untrusted"] and "is not in the CA bundle" in other["chain_problem"]
+    assert old(args)["changed"] is False
+    assert ok(run_module("trust_bundle", {"path": str(tmp_path / "ca.pem"), "certificates": pki.chain_pem},
+                         env=env, python=OLD_HOST_PYTHON))["changed"] is True
