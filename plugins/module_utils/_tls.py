@@ -176,7 +176,7 @@ def peer_chain_der(tls_sock):
 # its handshake, and send their verdict (an alert, or a session ticket) after
 # it. Read for up to this long to see which one comes.
 POST_HANDSHAKE_WAIT = 1.0
-_POLL = 0.02
+_POLL = 0.05
 _HTTP_MAX = 65536
 
 
@@ -190,8 +190,10 @@ def _post_handshake_check(tls_sock, wait=POST_HANDSHAKE_WAIT):
     if tls_sock.version() != "TLSv1.3":
         return  # TLS 1.2 rejects the client cert inside the handshake
     deadline = time.monotonic() + wait
+    poll = 0.005  # the verdict usually comes within a millisecond or two on a LAN
     while time.monotonic() < deadline:
-        tls_sock.settimeout(_POLL)
+        tls_sock.settimeout(poll)
+        poll = min(poll * 2, _POLL)
         try:
             data = tls_sock.recv(1)
         except (socket.timeout, ssl.SSLWantReadError):

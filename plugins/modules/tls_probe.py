@@ -255,6 +255,53 @@ http_body:
   description: Start (at most 4 KiB) of the HTTP answer body.
   returned: when O(http_path) is set and the server answered
   type: str
+observed:
+  description:
+    - Outcomes seen while waiting, in order, consecutive repeats folded, for example
+      V([reset, ok]) for a port forwarder whose server came up, or V([serial_mismatch, ok]) for a reload.
+  returned: always
+  type: list
+  elements: str
+issuer_common_name:
+  description: Common name of the issuer of the served leaf.
+  returned: when the server served a certificate and cryptography is installed
+  type: str
+lifetime_days:
+  description: Validity period of the served leaf, in days.
+  returned: when the server served a certificate and cryptography is installed
+  type: float
+is_ca:
+  description: Whether the served leaf is a CA certificate (a misconfigured listener).
+  returned: when the server served a certificate and cryptography is installed
+  type: bool
+key_type:
+  description: Key type of the served leaf (V(ec), V(rsa), V(ed25519)).
+  returned: when the server served a certificate and cryptography is installed
+  type: str
+key_size:
+  description: Key size in bits.
+  returned: when the server served a certificate and cryptography is installed
+  type: int
+target:
+  description: The C(host:port) probed.
+  returned: always
+  type: str
+server_name:
+  description: The TLS name sent (SNI) and checked.
+  returned: always
+  type: str
+verify_message:
+  description: OpenSSL's reason when verification failed (for example V(unable to get local issuer certificate)).
+  returned: always
+  type: str
+errno:
+  description: OS error number of a transport failure (104 for a reset, 111 refused).
+  returned: always
+  type: int
+phase:
+  description: Where a failure happened, V(connect), V(handshake) or V(request) (after the handshake).
+  returned: always
+  type: str
 attempts:
   description: Number of probes made.
   returned: always
@@ -351,16 +398,20 @@ def main():
     deadline = start + p["wait_timeout"]
     pause = p["interval"]
     attempts = 0
+    observed = []
     while True:
         attempts += 1
         result = _one_attempt(p, context, unverified)
+        label = result["failure_class"] or "ok"
+        if not observed or observed[-1] != label:
+            observed.append(label)
         remaining = deadline - time.monotonic()
         if result["ok"] or remaining <= 0:
             break
         time.sleep(min(pause, remaining))
         pause = min(pause * 1.5, max(MAX_PAUSE, p["interval"]))
 
-    result.update(changed=False, attempts=attempts, elapsed=round(time.monotonic() - start, 3))
+    result.update(changed=False, attempts=attempts, elapsed=round(time.monotonic() - start, 3), observed=observed)
     for key in ("target", "verify_message", "errno", "phase"):
         result.setdefault(key, None)
     if not result["ok"] and p["fail_on_error"]:

@@ -132,6 +132,13 @@ hint:
   description: What to check next when not ready.
   returned: always
   type: str
+observed:
+  description:
+    - The states seen, in order, consecutive repeats folded, for example
+      V([reset, sealed, unsealed, standby, ready]) for a restart, or V([ready]).
+  returned: always
+  type: list
+  elements: str
 attempts:
   description: Number of C(sys/health) checks made.
   returned: always
@@ -200,6 +207,39 @@ def _unseal(client, keys):
     )
 
 
+def _observe(observed, label):
+    if not observed or observed[-1] != label:
+        observed.append(label)
+
+
+def _check(module, client, keys, result):
+    """One sys/health check (plus an unseal when sealed and keys are given).
+
+    Returns (error or None when ready, stop) and updates `result`."""
+    p = module.params
+    try:
+        status, data = client.health()
+        result.update(_state(status, data))
+        if status == 200 or (p["standby_ok"] and status in STANDBY_CODES):
+            result["ready"] = True
+            return None, True
+        error = _not_ready_error(status)
+        if status == 501:
+            return error, True  # waiting will not initialise it
+        if status == 503 and result["sealed"]:
+            seal = client.seal_status()
+            result.update(seal_threshold=seal.get("t"), seal_progress=seal.get("progress"))
+            if keys and module.check_mode:
+                result["changed"] = True
+                return error, True
+            if keys:
+                _unseal(client, keys)
+                result.update(unsealed=True, changed=True)
+        return error, False
+    except RotateError as err:
+        return err, err.failure_class not in TRANSIENT
+
+
 def main():
     module = VaultModule(
         argument_spec=dict(
@@ -221,37 +261,17 @@ def main():
     pause = p["interval"]
     attempts = 0
     result = {"ready": False, "unsealed": False, "changed": False, "failure_class": None, "hint": None}
-    error = None
+    observed = []
     while True:
         attempts += 1
-        error = None
-        try:
-            status, data = client.health()
-            result.update(_state(status, data))
-            ready = status == 200 or (p["standby_ok"] and status in STANDBY_CODES)
-            if ready:
-                result["ready"] = True
-                break
-            if status == 501:
-                error = _not_ready_error(status)
-                break
-            if status == 503 and result["sealed"]:
-                seal = client.seal_status()
-                result.update(seal_threshold=seal.get("t"), seal_progress=seal.get("progress"))
-                if keys and module.check_mode:
-                    result["changed"] = True
-                    error = _not_ready_error(status)
-                    break
-                if keys:
-                    _unseal(client, keys)
-                    result.update(unsealed=True, changed=True)
-                    deadline = max(deadline, time.monotonic() + UNSEAL_GRACE)
-                    pause = min(p["interval"], 0.1)
-            error = _not_ready_error(status)
-        except RotateError as err:
-            error = err
-            if err.failure_class not in TRANSIENT:
-                break
+        error, stop = _check(module, client, keys, result)
+        _observe(observed, error.failure_class if error else "ready")
+        if result["unsealed"] and "unsealed" not in observed:
+            observed.append("unsealed")
+            deadline = max(deadline, time.monotonic() + UNSEAL_GRACE)
+            pause = min(p["interval"], 0.1)
+        if stop:
+            break
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
@@ -259,7 +279,7 @@ def main():
         pause = min(max(pause, 0.1) * 1.5, max(MAX_PAUSE, p["interval"]))
 
     client.close()
-    result.update(attempts=attempts, elapsed=round(time.monotonic() - start, 3))
+    result.update(attempts=attempts, elapsed=round(time.monotonic() - start, 3), observed=observed)
     if result["ready"]:
         result["msg"] = "Vault %s is ready (HTTP %s)%s" % (
             result.get("version"), result.get("status_code"), ", unsealed by this task" if result["unsealed"] else "")

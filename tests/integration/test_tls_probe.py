@@ -326,4 +326,5 @@ def test_wait_through_a_port_forwarder_until_the_server_listens(server, local_pk
                                  "expect_serial": local_pki["good_serial"], "wait_timeout": 15, "interval": 0.2})
     assert not r["failed"], r["msg"]
     assert r["ok"] is True and r["attempts"] > 1 and s.resets >= 1
+    assert r["observed"] == ["reset", "ok"]
     assert r["elapsed"] < 5

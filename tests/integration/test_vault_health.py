@@ -10,6 +10,7 @@ import time
 import pytest
 
 from ansible_collections.privsec.vault_rotate.plugins.module_utils import _x509
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._vault import VaultClient
 
 from helpers import run_module
@@ -50,7 +51,26 @@ def test_ready(lab):
     assert r["ready"] is True and r["changed"] is False and r["unsealed"] is False
     assert r["status_code"] == 200 and r["sealed"] is False and r["initialized"] is True and r["standby"] is False
     assert r["version"] and r["cluster_name"] and r["failure_class"] is None
-    assert r["attempts"] == 1
+    assert r["attempts"] == 1 and r["observed"] == ["ready"]
+
+
+def test_shared_client_cert_login_against_openbao(lab):
+    """The VaultClient every module uses: cert login through the admin mapping, token
+    sent afterwards, one keep-alive connection, the client cert on every request."""
+    p = lab.info["paths"]
+    client = VaultClient(lab.url, ca_cert=p["admin_ca"], client_cert=p["admin_crt"], client_key=p["admin_key"],
+                         tls_server_name=SNI)
+    auth = client.login_cert("cert", "admin")
+    assert "vault-rotate-admin" in auth["policies"]
+    assert client.lookup_self()["display_name"].startswith("cert-")
+    assert client.read("auth/cert/certs/does-not-exist") is None
+    for _ in range(20):
+        assert client.health()[0] == 200
+    assert client.requests_made == 23
+    client.revoke_self()
+    with pytest.raises(RotateError) as info:
+        client.lookup_self()
+    assert info.value.failure_class == "permission_denied"
 
 
 def test_connection_from_vault_environment(lab):
@@ -156,6 +176,8 @@ def test_wait_through_a_restart_and_unseal(throwaway_lab):
     assert not r["failed"], r["msg"]
     assert r["ready"] is True and r["unsealed"] is True and r["changed"] is True
     assert r["attempts"] > 2 and r["elapsed"] >= 1.4
+    assert r["observed"][0] in ("refused", "reset") and r["observed"][-1] == "ready"
+    assert r["observed"].index("sealed") < r["observed"].index("unsealed")
 
 
 @pytest.mark.destructive
