@@ -597,31 +597,41 @@ class Lab:
         return "%s started (pid %d)" % (name, proc.pid)
 
     def stop_unit(self, name):
-        u = self._unit(name)
-        pid = self.unit_pid(name)
-        if not pid:
-            self.pidfile(name).unlink(missing_ok=True)
-            return "%s not running" % name
-        os.kill(pid, signal.SIGTERM)
+        return self.stop_units([name])[0]
+
+    def stop_units(self, names):
+        """TERM every running unit of `names` at once, wait (bounded), KILL what is left; one message each."""
+        running = {}
+        msgs = {}
+        for name in names:
+            pid = self.unit_pid(name)
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+                running[name] = pid
+            else:
+                self.pidfile(name).unlink(missing_ok=True)
+                msgs[name] = "%s not running" % name
         deadline = time.monotonic() + STOP_TIMEOUT
-        while pid_alive(pid) and time.monotonic() < deadline:
+        while any(pid_alive(p) for p in running.values()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        killed = ""
-        if pid_alive(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)  # own session: the group holds nginx workers too
-            except ProcessLookupError:
-                pass
-            killed = " (killed after %ss)" % STOP_TIMEOUT
-            deadline = time.monotonic() + 5
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        self.pidfile(name).unlink(missing_ok=True)
+        for name, pid in running.items():
+            msgs[name] = "%s stopped" % name
+            if pid_alive(pid):
+                try:
+                    os.killpg(pid, signal.SIGKILL)  # own session: the group holds nginx workers too
+                except ProcessLookupError:
+                    pass
+                msgs[name] += " (killed after %ss)" % STOP_TIMEOUT
+                kill_deadline = time.monotonic() + 5
+                while pid_alive(pid) and time.monotonic() < kill_deadline:
+                    time.sleep(0.05)
+            self.pidfile(name).unlink(missing_ok=True)
         # nginx workers exit with their master; wait for the ports to close
+        ports = [p for name in running for p in self._unit(name)["ports"]]
         deadline = time.monotonic() + 5
-        while any(port_open(p, timeout=0.2) for p in u["ports"]) and time.monotonic() < deadline:
+        while any(port_open(p, timeout=0.2) for p in ports) and time.monotonic() < deadline:
             time.sleep(0.05)
-        return "%s stopped%s" % (name, killed)
+        return [msgs[name] for name in names]
 
     def _nginx_cmd(self, u, *extra):
         return [u["argv"][0], "-c", u["argv"][2], "-p", u["argv"][4], "-e", "stderr"] + list(extra)
@@ -1155,11 +1165,8 @@ path "{m}/sign/nginx-{a}" {{ capabilities = ["create", "update"] }}
     def down(self, purge=False, log=print):
         msgs = []
         if self.dir.exists():
-            for u in reversed(self.units()):
-                if self.unit_pid(u["name"]):
-                    msgs.append(self.stop_unit(u["name"]))
-                else:
-                    self.pidfile(u["name"]).unlink(missing_ok=True)
+            msgs = [m for m in self.stop_units([u["name"] for u in reversed(self.units())])
+                    if not m.endswith("not running")]
         for m in msgs:
             log("lab: " + m)
         if purge and self.dir.exists():
