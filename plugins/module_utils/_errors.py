@@ -44,6 +44,8 @@ FAILURE_CLASSES = (
     "missing_file",
     "bad_pem",
     "key_mismatch",
+    "write_failed",
+    "policy_mismatch",
 )
 
 

@@ -319,7 +319,7 @@ def test_failure_classes_match_the_contract():
         "refused", "reset", "timeout", "dns", "unreachable", "tls_alert", "untrusted_server_cert",
         "hostname_mismatch", "expired", "not_yet_valid", "tls_error", "sealed", "standby", "uninitialized",
         "permission_denied", "not_found", "bad_input", "server_error", "serial_mismatch", "missing_file",
-        "bad_pem", "key_mismatch",
+        "bad_pem", "key_mismatch", "write_failed", "policy_mismatch",
     }
 
 
