@@ -86,12 +86,15 @@ find_python() {
     done
     local best="" best_key=0 ver major minor micro key real seen=" "
     for p in "${candidates[@]}"; do
-        # Probe each real interpreter once (python3.11 and python3 are often one file).
+        case "$p" in "$VENV"/*) continue;; esac   # our own venv (on PATH under make)
+        # Probe each real interpreter once (python3.11 and python3 are often one
+        # file); a venv's python resolves to its base too, so only a successful
+        # probe marks the file as seen.
         real="$(readlink -f "$p")"
         case "$seen" in *" $real "*) continue;; esac
-        seen="$seen$real "
         ver="$(probe_python "$p")"
-        [ -n "$ver" ] || continue   # broken shim, or no venv module
+        [ -n "$ver" ] || continue   # broken, inside a venv, or no venv module
+        seen="$seen$real "
         read -r major minor micro <<<"$ver"
         if [ "$major" != 3 ] || [ "$minor" -lt 11 ]; then continue; fi
         key=$((minor * 1000 + micro))
