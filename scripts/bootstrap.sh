@@ -104,6 +104,12 @@ find_python() {
     printf '%s\n' "$best"
 }
 
+# One bootstrap at a time per venv: several `make` runs may start together.
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"${TMPDIR:-/tmp}/vault-rotate-bootstrap-$(printf '%s' "$VENV" | sha256sum | cut -c1-16).lock"
+    flock -w 900 9 || die "another bootstrap of $VENV has held the lock for 15 minutes"
+fi
+
 ensure_system_packages
 PY="$(find_python)"
 PY_VERSION="$("$PY" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))')"
