@@ -26,13 +26,11 @@ import pwd
 import stat
 import uuid
 
-from ansible_collections.privsec.vault_rotate.plugins.module_utils import _errors
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
 
 BACKUP_SUFFIX = ".prev"
-# Failure class for "could not write" (disk full, read-only, permission);
-# falls back to bad_input until the class exists in _errors.FAILURE_CLASSES.
-WRITE_FAILED = "write_failed" if "write_failed" in _errors.FAILURE_CLASSES else "bad_input"
+# Failure class for "could not write" (disk full, read-only, permission).
+WRITE_FAILED = "write_failed"
 
 
 # ---------------------------------------------------------------- attributes

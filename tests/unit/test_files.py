@@ -154,6 +154,7 @@ def test_fake_enospc_on_second_file_leaves_everything_intact(pair, tmp_path, mon
     with pytest.raises(RotateError) as err:
         F.install_set([(str(key), b"KEY-2", None, None, "0600"), (str(crt), b"CRT-2", None, None, "0644")])
     assert "no space left" in err.value.message
+    assert err.value.failure_class == "write_failed"
     assert err.value.details["path"] == str(crt)
     assert snapshot(tmp_path) == before
 
@@ -207,6 +208,7 @@ def test_real_read_only_filesystem(tiny_tmpfs):
         with pytest.raises(RotateError) as err:
             F.install_set([(str(key), b"KEY-2", None, None, "0600")])
         assert "read-only" in err.value.message
+        assert err.value.failure_class == "write_failed"
         assert key.read_bytes() == b"KEY-1"
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(tiny_tmpfs)], check=True)
