@@ -303,13 +303,13 @@ def main():
                 parts.append("missing %s" % ", ".join(missing))
             if unexpected:
                 parts.append("unexpected %s" % ", ".join(unexpected))
-            module.fail_json(
-                msg="cert login through mapping '%s' gave policies %s: %s" % (
-                    mapping or result["metadata"]["cert_name"], ", ".join(result["token_policies"]), "; ".join(parts)),
-                failure_class="policy_mismatch",
-                hint="fix token_policies of auth/%s/certs/%s (or expected_policies)" % (
-                    mount, mapping or result["metadata"]["cert_name"]),
-                missing_policies=missing, unexpected_policies=unexpected, **result)
+            name = mapping or result["metadata"]["cert_name"]
+            err = RotateError(
+                "policy_mismatch",
+                "cert login through mapping '%s' gave policies %s: %s" % (
+                    name, ", ".join(result["token_policies"]), "; ".join(parts)),
+                "fix token_policies of auth/%s/certs/%s (or expected_policies)" % (mount, name))
+            module.fail_from(err, missing_policies=missing, unexpected_policies=unexpected, **result)
     module.exit_json(**result)
 
 
