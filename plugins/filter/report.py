@@ -198,6 +198,7 @@ def report_build(slot_results, phase_results=None, meta=None):
             "rotated": sum(1 for s in slots if s["action"] == "rotated"),
             "kept": sum(1 for s in slots if s["action"] == "kept"),
             "restored": sum(1 for s in slots if s["action"] == "restored"),
+            "planned": sum(1 for s in slots if s["action"] == "planned"),
             "actions": actions,
             "phases": len(phases),
             "gates_passed": sum(1 for p in phases if p["gate"] == "passed"),
@@ -234,9 +235,9 @@ def report_markdown(report):
         "- run: `%s`" % report.get("run_id"),
         "- started: %s, written: %s" % (report.get("started") or "-", report.get("written") or "-"),
         "- controller: %s, user: %s" % (report.get("controller") or "-", report.get("user") or "-"),
-        "- slots: %s (rotated %s, kept %s, restored %s); gates passed %s, failed %s"
-        % (summary.get("slots"), summary.get("rotated"), summary.get("kept"),
-           summary.get("restored"), summary.get("gates_passed"), summary.get("gates_failed")),
+        "- slots: %s (rotated %s, kept %s, restored %s, not reached %s); gates passed %s, failed %s"
+        % (summary.get("slots"), summary.get("rotated"), summary.get("kept"), summary.get("restored"),
+           summary.get("planned"), summary.get("gates_passed"), summary.get("gates_failed")),
     ]
     if report.get("check_mode"):
         lines.append("- check mode: nothing was changed")
