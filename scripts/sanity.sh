@@ -16,12 +16,13 @@
 #    put first on PATH.
 #
 # Env: SANITY_TESTS="validate-modules yamllint" runs only those tests with the
-#      controller Python; SANITY_EXTRA_PYTHONS=0 skips the other Pythons.
+#      controller Python; SANITY_EXTRA_PYTHONS=0 skips the other Pythons;
+#      SANITY_DIR=/tmp/x puts the copy there instead of .cache/.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$REPO/.venv}"
-COPY_ROOT="$REPO/.cache"
+COPY_ROOT="${SANITY_DIR:-$REPO/.cache}"
 DEST="$COPY_ROOT/ansible_collections/privsec/vault_rotate"
 PYBIN="$COPY_ROOT/pythons"
 
