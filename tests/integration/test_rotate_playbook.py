@@ -1,0 +1,265 @@
+"""`playbooks/rotate_all.yml -l lab` against a throwaway lab, checked from the outside.
+
+Every check here is independent of the roles: serials are read from the files
+with `cryptography`, served certificates come from real TLS handshakes (SNI,
+verified chain, hostname check), logins and agent tokens come from the lab's own
+HTTP client and the agents' rendered whoami.json. No mocks.
+"""
+import hashlib
+import json
+import os
+import re
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from lab import SNI, handshake, http_json, tls_context
+
+REPO = Path(__file__).resolve().parents[2]
+PLAYBOOK = REPO / "playbooks" / "rotate_all.yml"
+
+pytestmark = [pytest.mark.lab, pytest.mark.destructive, pytest.mark.slow]
+
+# Tasks of the control roles that write bookkeeping on the controller on every
+# run (run lock, report files): not a rotation, allowed on a second run.
+BOOKKEEPING_TASK = re.compile(r"run lock|Write the (JSON|Markdown) report|report folder", re.I)
+
+
+def _ansible(lab, playbook, *extra, timeout=900):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "ANSIBLE_"))}
+    env.update({
+        "LAB_DIR": str(lab.dir),
+        "LAB_VAULT_PORT": str(lab.vault_port),
+        "LAB_PROXY_PORT": str(lab.proxy_port),
+        "LAB_FRONTEND_PORT_BASE": str(lab.frontend_port_base),
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+    })
+    argv = [str(REPO / ".venv" / "bin" / "ansible-playbook"), str(playbook), "-l", "lab"] + list(extra)
+    if not Path(argv[0]).exists():
+        argv[0] = "ansible-playbook"
+    return subprocess.run(argv, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def _tail(proc, n=6000):
+    return (proc.stdout + proc.stderr)[-n:]
+
+
+def _recap(output):
+    """{host: {ok, changed, failed, ...}} from the PLAY RECAP."""
+    recap = {}
+    for host, fields in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, re.M):
+        recap[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", fields)}
+    return recap
+
+
+def _changed_tasks(output):
+    """Names of the tasks that reported `changed` on any host."""
+    names, current = [], None
+    for line in output.splitlines():
+        m = re.match(r"^TASK \[(.*)\] \**$", line)
+        if m:
+            current = m.group(1)
+        elif line.startswith("changed:") and current:
+            names.append(current)
+    return names
+
+
+def _cert(path):
+    return x509.load_pem_x509_certificate(Path(path).read_bytes())
+
+
+def _slots(info):
+    """slot -> (cert file, key file) of every certificate the run rotates."""
+    p, a = info["paths"], info["app_paths"]
+    slots = {"admin": (p["admin_crt"], p["admin_key"]), "listener": (p["server_crt"], p["server_key"])}
+    for app in info["apps"] + [info["proxy_app"]]:
+        slots["agent-%s" % app] = (a[app]["agent_crt"], a[app]["agent_key"])
+    for app in info["apps"]:
+        slots["frontend-%s" % app] = (a[app]["frontend_crt"], a[app]["frontend_key"])
+    proxy = a[info["proxy_app"]]
+    slots["frontend-%s" % info["proxy_app"]] = (proxy["proxy_crt"], proxy["proxy_key"])
+    return slots
+
+
+def _serials(info):
+    return {name: _cert(crt).serial_number for name, (crt, _key) in _slots(info).items()}
+
+
+def _material_hashes(lab):
+    """sha256 of every key/cert/chain file of the lab (agents' tokens and renders excluded)."""
+    out = {}
+    for top in ("home", "root"):
+        for path in sorted((lab.dir / top).rglob("*")):
+            if not path.is_file() or path.suffix not in (".pem", ".crt", ".key", ".prev", ".next"):
+                continue
+            out[str(path.relative_to(lab.dir))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _admin_ctx(lab):
+    env = lab.admin_env()
+    return tls_context(env["VAULT_CACERT"], env["VAULT_CLIENT_CERT"], env["VAULT_CLIENT_KEY"])
+
+
+def _served_serial(port, sni, ctx):
+    der, _version = handshake(port, sni, ctx)
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def _whoami(info, app):
+    return json.loads(Path(info["app_paths"][app]["whoami"]).read_text())
+
+
+def _wait(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)
+
+
+def test_rotate_all_rotates_every_slot_then_changes_nothing(throwaway_lab):
+    lab = throwaway_lab()
+    info = lab.info
+    before = _serials(info)
+    modes_before = {p: stat.S_IMODE(os.stat(p).st_mode) for pair in _slots(info).values() for p in pair}
+    owners_before = {p: (os.stat(p).st_uid, os.stat(p).st_gid) for pair in _slots(info).values() for p in pair}
+    started = time.time()
+
+    first = _ansible(lab, PLAYBOOK)
+    assert first.returncode == 0, _tail(first)
+
+    # Every serial changed, and the files are a matching, verified pair.
+    after = _serials(info)
+    unchanged = sorted(name for name in before if before[name] == after[name])
+    assert not unchanged, "not rotated: %s" % unchanged
+    for name, (crt, key) in _slots(info).items():
+        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600, name
+        assert stat.S_IMODE(os.stat(crt).st_mode) == modes_before[crt] == 0o644, name
+        assert (os.stat(key).st_uid, os.stat(key).st_gid) == owners_before[key], name
+        assert (os.stat(crt).st_uid, os.stat(crt).st_gid) == owners_before[crt], name
+        days_left = (_cert(crt).not_valid_after_utc.timestamp() - time.time()) / 86400
+        assert days_left > 7, "%s: only %.1f days left after rotation" % (name, days_left)
+
+    # The listener serves the NEW cert for the SNI name, chain verified, hostname checked,
+    # and seal-status answers with the NEW admin identity.
+    assert _served_serial(lab.vault_port, SNI, _admin_ctx(lab)) == after["listener"]
+    status, seal = http_json(lab.vault_port, "GET", "/v1/sys/seal-status", _admin_ctx(lab))
+    assert status == 200 and seal["sealed"] is False
+    fullchain = Path(info["paths"]["fullchain"]).read_text()
+    assert fullchain.count("BEGIN CERTIFICATE") == 2
+    assert x509.load_pem_x509_certificates(fullchain.encode())[0].serial_number == after["listener"]
+
+    # Frontends and the proxy serve their new certs, verified against the root; a
+    # request through the proxy reaches Vault.
+    root_ctx = tls_context(lab.admin_env()["VAULT_CACERT"])
+    for app in info["apps"]:
+        port = info["app_paths"][app]["port"]
+        assert _served_serial(port, "%s.prod.privsec.ch" % app, root_ctx) == after["frontend-%s" % app]
+    proxy = info["proxy_app"]
+    assert _served_serial(lab.proxy_port, SNI, root_ctx) == after["frontend-%s" % proxy]
+    status, seal = http_json(lab.proxy_port, "GET", "/v1/sys/seal-status", root_ctx)
+    assert status == 200 and seal["sealed"] is False
+
+    # Agents logged in again with their new certs: a token created after the run
+    # started, with exactly the mapped policies; a direct login with each new cert works.
+    mappings = info["cert_auth"]["mappings"]
+    for app in info["apps"] + [proxy]:
+        who = _wait(lambda app=app: (lambda w: w if w["creation_time"] >= int(started) else None)(_whoami(info, app)))
+        assert who, "agent of %s has no token created after the rotation: %s" % (app, _whoami(info, app))
+        wanted = set(mappings["agent-%s" % app]["token_policies"])
+        assert set(who["policies"]) - {"default"} == wanted, app
+        ctx = tls_context(lab.admin_env()["VAULT_CACERT"], info["app_paths"][app]["agent_crt"],
+                          info["app_paths"][app]["agent_key"])
+        status, login = http_json(lab.vault_port, "POST", "/v1/auth/cert/login", ctx,
+                                  body={"name": "agent-%s" % app})
+        assert status == 200, (app, login)
+        assert set(login["auth"]["token_policies"]) - {"default"} == wanted, app
+
+    # The run left a report on the controller that names every slot.
+    report = json.loads((lab.dir / "reports" / "latest.json").read_text())
+    assert report["status"] in ("success", "SUCCESS"), report.get("status")
+
+    # A second run right after changes nothing (only the run's own bookkeeping).
+    hashes = _material_hashes(lab)
+    second = _ansible(lab, PLAYBOOK)
+    assert second.returncode == 0, _tail(second)
+    rotations = [t for t in _changed_tasks(second.stdout) if not BOOKKEEPING_TASK.search(t)]
+    assert rotations == [], rotations
+    recap = _recap(second.stdout)
+    assert all(v["changed"] == 0 for h, v in recap.items() if h != "lab-controller"), recap
+    assert _serials(info) == after
+    assert _material_hashes(lab) == hashes
+
+    # --check prints the plan and changes nothing anywhere.
+    check = _ansible(lab, PLAYBOOK, "--check")
+    assert check.returncode == 0, _tail(check)
+    assert "KEEP" in check.stdout and "ROTATE" not in check.stdout.split("Print the plan")[-1].split("PLAY")[0]
+    assert _material_hashes(lab) == hashes
+
+
+def test_check_mode_on_a_fresh_lab_plans_rotations_and_changes_nothing(throwaway_lab):
+    lab = throwaway_lab()
+    hashes = _material_hashes(lab)
+    check = _ansible(lab, PLAYBOOK, "--check")
+    assert check.returncode == 0, _tail(check)
+    assert "ROTATE" in check.stdout
+    assert _material_hashes(lab) == hashes
+    assert not list(lab.dir.rglob("*.next")), "check mode staged a key"
+
+
+def test_failed_admin_gate_restores_the_previous_admin_cert(throwaway_lab):
+    lab = throwaway_lab()
+    info = lab.info
+    old = _cert(info["paths"]["admin_crt"]).serial_number
+    proc = _ansible(lab, REPO / "playbooks" / "admin_cert.yml",
+                    "-e", json.dumps({"admin_cert_expected_policies": ["no-such-policy"]}))
+    assert proc.returncode != 0, _tail(proc)
+    assert "GATE admin_cert FAILED (policy_mismatch)" in proc.stdout + proc.stderr, _tail(proc)
+    # The previous admin cert is back, and it still works.
+    assert _cert(info["paths"]["admin_crt"]).serial_number == old
+    status, _seal = http_json(lab.vault_port, "GET", "/v1/sys/seal-status", _admin_ctx(lab))
+    assert status == 200
+    status, _login = http_json(lab.vault_port, "POST", "/v1/auth/cert/login", _admin_ctx(lab),
+                               body={"name": "admin"})
+    assert status == 200
+
+
+def test_failed_frontend_gate_restores_and_serves_the_previous_cert(throwaway_lab):
+    lab = throwaway_lab()
+    info = lab.info
+    app = info["apps"][0]
+    crt = info["app_paths"][app]["frontend_crt"]
+    old = _cert(crt).serial_number
+    # A new cert can never satisfy "at least 100000 days left": the files gate fails after install.
+    proc = _ansible(lab, REPO / "playbooks" / "app_leaf.yml", "-e", "app_leaf_min_days_left=100000")
+    assert proc.returncode != 0, _tail(proc)
+    assert re.search(r"GATE app_leaf/\S+ FAILED", proc.stdout + proc.stderr), _tail(proc)
+    assert _cert(crt).serial_number == old
+    root_ctx = tls_context(lab.admin_env()["VAULT_CACERT"])
+    port = info["app_paths"][app]["port"]
+    assert _served_serial(port, "%s.prod.privsec.ch" % app, root_ctx) == old
+
+
+def test_listener_that_keeps_the_old_cert_fails_the_gate_and_is_rolled_back(throwaway_lab):
+    """A reload that does not take (here: a no-op instead of SIGHUP) must not pass the gate."""
+    lab = throwaway_lab()
+    info = lab.info
+    old = _cert(info["paths"]["server_crt"]).serial_number
+    commands = {name: unit["commands"] for name, unit in info["units"].items()}
+    commands["container-vaultprod"] = dict(commands["container-vaultprod"], reload=["true"])
+    proc = _ansible(lab, REPO / "playbooks" / "server_tls.yml",
+                    "-e", json.dumps({"vault_rotate_service_commands": commands, "server_tls_wait_timeout": 3}))
+    assert proc.returncode != 0, _tail(proc)
+    assert "GATE server_tls FAILED (serial_mismatch)" in proc.stdout + proc.stderr, _tail(proc)
+    assert _cert(info["paths"]["server_crt"]).serial_number == old
+    assert _served_serial(lab.vault_port, SNI, _admin_ctx(lab)) == old
+    fullchain = x509.load_pem_x509_certificates(Path(info["paths"]["fullchain"]).read_bytes())
+    assert fullchain[0].serial_number == old
