@@ -3,12 +3,14 @@ the plan under --check, restart with and without unseal keys, the healthcheck
 gate and the report files. Every run is a real `ansible-playbook` from the
 repo root with the shipped ansible.cfg; nothing is mocked.
 
-Labs run on ports 21500-21599 (the control engineer's range) so they never
-collide with the default lab or other suites' throwaway labs.
+Labs run on a free block of ports in 21500-21999 (the control engineer's
+range), picked at random and retried, so parallel sessions do not collide
+with each other, the default lab or other suites' throwaway labs.
 """
 import hashlib
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -22,9 +24,36 @@ PLAYBOOK = str(REPO / ".venv" / "bin" / "ansible-playbook")
 if not os.path.exists(PLAYBOOK):
     PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 
-PORTS = {"vault_port": 21500, "proxy_port": 21502, "frontend_port_base": 21503}
+PORT_BLOCKS = range(21500, 22000, 10)  # vault, cluster, proxy, frontends: 10 ports per lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+
+def _block_free(base):
+    for port in range(base, base + 10):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def new_lab(throwaway_lab, attempts=6):
+    """A fresh throwaway lab, up, on a free port block of our range (retried on a race)."""
+    errors = []
+    for base in random.sample(list(PORT_BLOCKS), attempts * 3):
+        if not _block_free(base):
+            continue
+        lab = throwaway_lab(up=False, vault_port=base, proxy_port=base + 2, frontend_port_base=base + 3)
+        proc = lab.labctl("up")
+        if proc.returncode == 0:
+            return lab
+        errors.append(proc.stdout[-300:] + proc.stderr[-300:])
+        if len(errors) >= attempts:
+            break
+    pytest.fail("no lab could be brought up:\n" + "\n".join(errors), pytrace=False)
 
 
 def run_playbook(lab_dir, *args, extra_env=None, timeout=600):
@@ -96,7 +125,7 @@ def test_env_mismatch_refused(tmp_path):
 
 
 def test_bad_variables_refused(throwaway_lab):
-    lab = throwaway_lab(**PORTS)
+    lab = new_lab(throwaway_lab)
     proc = run_playbook(lab.dir, "playbooks/preflight.yml", "-l", "lab",
                         "-e", "vault_rotate_vault_url=http://127.0.0.1:1/v1", "-e", "vault_rotate_restart_vault=sometimes")
     text = one_line(out(proc))
@@ -108,7 +137,7 @@ def test_bad_variables_refused(throwaway_lab):
 
 
 def test_lock_held_refused_then_released_after_failed_run(throwaway_lab):
-    lab = throwaway_lab(**PORTS)
+    lab = new_lab(throwaway_lab)
     lock = lock_path(lab)
     lock.mkdir(parents=True)
     owner = {"run_id": "other-run-42", "env": "lab", "user": "alice", "host": socket.gethostname(),
@@ -145,7 +174,7 @@ def test_lock_held_refused_then_released_after_failed_run(throwaway_lab):
 
 
 def test_check_prints_plan_and_changes_nothing(throwaway_lab):
-    lab = throwaway_lab(**PORTS)
+    lab = new_lab(throwaway_lab)
     before = material_hashes(lab.dir)
     proc = run_playbook(lab.dir, "playbooks/rotate_all.yml", "-l", "lab", "--check")
     text = out(proc)
@@ -171,10 +200,12 @@ def test_check_prints_plan_and_changes_nothing(throwaway_lab):
 
 
 def test_restart_sealed_without_keys_then_ready_with_keys(throwaway_lab, tmp_path):
-    lab = throwaway_lab(**PORTS)
+    lab = new_lab(throwaway_lab)
     keys_path, keys, root_token = keys_file(lab, tmp_path)
 
-    sealed = run_playbook(lab.dir, "playbooks/restart.yml", "-l", "lab", "-e", "vault_rotate_restart_vault=always")
+    # No keys at all (explicitly: the lab inventory may provide its own).
+    sealed = run_playbook(lab.dir, "playbooks/restart.yml", "-l", "lab", "-e", "vault_rotate_restart_vault=always",
+                          "-e", '{"vault_rotate_unseal_keys": []}')
     text = one_line(out(sealed))
     assert sealed.returncode != 0
     assert ("Vault restarted and is sealed: provide vault_rotate_unseal_keys (AWX credential / ansible-vault) "
@@ -215,7 +246,7 @@ def test_restart_sealed_without_keys_then_ready_with_keys(throwaway_lab, tmp_pat
 
 def test_healthcheck_names_the_failure(throwaway_lab):
     """A wrong SNI name: the hard gate fails with the class and what it means."""
-    lab = throwaway_lab(**PORTS)
+    lab = new_lab(throwaway_lab)
     proc = run_playbook(lab.dir, "playbooks/healthcheck.yml", "-l", "lab",
                         "-e", "vault_rotate_tls_server_name=wrong.prod.privsec.ch",
                         "-e", "healthcheck_wait_timeout=1")
@@ -225,7 +256,7 @@ def test_healthcheck_names_the_failure(throwaway_lab):
 
 
 def test_report_files_parse_and_hold_no_secrets(throwaway_lab):
-    lab = throwaway_lab(**PORTS)
+    lab = new_lab(throwaway_lab)
     proc = run_playbook(lab.dir, "playbooks/preflight.yml", "playbooks/healthcheck.yml", "playbooks/report.yml", "-l", "lab")
     assert proc.returncode == 0, out(proc)[-4000:]
     rdir = report_dir(lab)
@@ -257,3 +288,22 @@ def test_report_files_parse_and_hold_no_secrets(throwaway_lab):
         for secret in secrets:
             assert secret not in body, path
     assert not lock_path(lab).exists()
+
+
+def test_failed_gate_after_preflight_reports_and_releases_lock(throwaway_lab):
+    """Preflight takes the lock; the healthcheck gate fails (nothing listens where the
+    proxy should be): the rescue records it, writes the report and releases the lock."""
+    lab = new_lab(throwaway_lab)
+    proc = run_playbook(lab.dir, "playbooks/preflight.yml", "playbooks/healthcheck.yml", "playbooks/report.yml",
+                        "-l", "lab", "-e", '{"healthcheck_proxy_endpoint": {"host": "127.0.0.1", "port": 1}}',
+                        "-e", "healthcheck_wait_timeout=1")
+    text = one_line(out(proc))
+    assert proc.returncode != 0
+    assert "GATE healthcheck FAILED (refused): proxy 127.0.0.1:1: refused" in text
+    assert "nothing listens on that port" in text
+    assert not lock_path(lab).exists(), "the failed run kept its lock"
+    report = json.loads((report_dir(lab) / "latest.json").read_text())
+    assert report["status"] == "failed"
+    assert [(p["phase"], p["gate"]) for p in report["phases"]] == [("preflight", "passed"), ("healthcheck", "failed")]
+    assert report["phases"][1]["failure_class"] == "refused"
+    assert report["summary"]["planned"] == len(report["slots"]) > 0
