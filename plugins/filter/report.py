@@ -148,7 +148,7 @@ def _table(headers, rows):
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    line = "  ".join("%-*s" for _ in headers)
+    line = "  ".join(["%-*s"] * len(headers))
     out = [line % tuple(x for pair in zip(widths, headers) for x in pair)]
     out.append("  ".join("-" * w for w in widths))
     for row in rows:
@@ -219,7 +219,7 @@ def _md_cell(value):
 
 
 def _md_table(headers, rows):
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
     out.extend("| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows)
     return out
 

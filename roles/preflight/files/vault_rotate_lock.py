@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Per-environment run lock for privsec.vault_rotate, on the controller.
 
     vault_rotate_lock.py acquire LOCK_DIR RUN_ID ENV [--break-stale]
