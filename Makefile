@@ -25,7 +25,7 @@ endef
 .PHONY: help bootstrap demo test lint ruff ansible-lint sanity unit integration lab-up lab-down lab-status clean distclean
 
 help:
-	@echo "make demo         bootstrap, bring the lab up, print its state"
+	@echo "make demo         bootstrap, lab up + state, rotate everything on it (rotate_all -l lab), state again"
 	@echo "make test         bootstrap, lint, then every pytest suite (unit, integration, molecule)"
 	@echo "make lint         ruff + ansible-lint (production) + ansible-test sanity"
 	@echo "make sanity       ansible-test sanity only (offline, on a copy under .cache/)"
@@ -38,8 +38,12 @@ help:
 bootstrap:
 	@scripts/bootstrap.sh
 
+# The main job on the embedded default: lab up, its state, the full rotation
+# against it (every phase with its gate), the state again (new serials).
 demo: bootstrap
 	$(LABCTL) up
+	$(LABCTL) status
+	$(VENV)/bin/ansible-playbook playbooks/rotate_all.yml -l lab
 	$(LABCTL) status
 
 lab-up: bootstrap
