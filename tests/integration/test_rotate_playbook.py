@@ -318,3 +318,95 @@ def test_listener_that_keeps_the_old_cert_fails_the_gate_and_is_rolled_back(thro
     assert _served_serial(lab.vault_port, SNI, _admin_ctx(lab)) == old
     fullchain = x509.load_pem_x509_certificates(Path(info["paths"]["fullchain"]).read_bytes())
     assert fullchain[0].serial_number == old
+
+
+def _add_issuer(lab, make_default=False):
+    """A second intermediate in the PKI mount (key in Vault, signed by the offline root)."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    token = lab.root_token()
+    status, data = lab.lab.api("POST", "/v1/pki-prod/intermediate/generate/internal", token=token,
+                               body={"common_name": "pki-prod intermediate CA G2 (test)", "key_type": "ec",
+                                     "key_bits": 256})
+    assert status < 300, data
+    csr = x509.load_pem_x509_csr(data["data"]["csr"].encode())
+    paths = lab.lab.p
+    root_key = serialization.load_pem_private_key(paths["root_key"].read_bytes(), None)
+    root = x509.load_pem_x509_certificate(paths["root_crt"].read_bytes())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(root.subject)
+            .public_key(csr.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=700))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
+                           critical=False)
+            .sign(root_key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    status, data = lab.lab.api("POST", "/v1/pki-prod/intermediate/set-signed", token=token,
+                               body={"certificate": pem + paths["root_crt"].read_text()})
+    assert status < 300, data
+    issuer_id = data["data"]["imported_issuers"][0]
+    if make_default:
+        status, data = lab.lab.api("POST", "/v1/pki-prod/config/issuers", token=token, body={"default": issuer_id})
+        assert status < 300, data
+    return issuer_id, cert
+
+
+def _set_default_issuer(lab, issuer_id):
+    status, data = lab.lab.api("POST", "/v1/pki-prod/config/issuers", token=lab.root_token(),
+                               body={"default": issuer_id})
+    assert status < 300, data
+
+
+def _unseal_vars(lab, tmp_path):
+    """An extra-vars file with the lab's unseal key (0600), as an AWX credential would inject it."""
+    keys = json.loads((lab.dir / "secrets" / "init.json").read_text())["keys_base64"]
+    path = tmp_path / "unseal.json"
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"vault_rotate_unseal_keys": keys}, fh)
+    return "@%s" % path
+
+
+def test_issuer_rollover_trust_first_then_new_issuer_everywhere(throwaway_lab, tmp_path):
+    """Trust overlap: a new issuer is first trusted everywhere (client CA file -> restart +
+    unseal), then, as the default issuer, signs every new cert without locking anyone out."""
+    lab = throwaway_lab()
+    info = lab.info
+    unseal = _unseal_vars(lab, tmp_path)
+    issuer_id, g2 = _add_issuer(lab)
+    g2_fp = g2.fingerprint(g2.signature_hash_algorithm)
+
+    def holds_g2(path):
+        return any(c.fingerprint(c.signature_hash_algorithm) == g2_fp
+                   for c in x509.load_pem_x509_certificates(Path(path).read_bytes()))
+
+    first = _ansible(lab, PLAYBOOK, "-e", unseal)
+    assert first.returncode == 0, _tail(first)
+    for path in [info["paths"]["ca_chain"], info["app_paths"][info["proxy_app"]]["current_ca_chain"]] + [
+            info["app_paths"][app]["ca"] for app in info["apps"] + [info["proxy_app"]]]:
+        assert holds_g2(path), "%s does not trust the new issuer" % path
+    report = json.loads((lab.dir / "reports" / "latest.json").read_text())
+    phases = {p["phase"]: p for p in report["phases"]}
+    assert phases["restart"]["gate"] == "passed", phases["restart"]  # the client CA file changed
+    assert phases["healthcheck"]["gate"] == "passed", phases["healthcheck"]
+
+    _set_default_issuer(lab, issuer_id)
+    second = _ansible(lab, PLAYBOOK, "-e", unseal, "-e", "vault_rotate_force=true")
+    assert second.returncode == 0, _tail(second)
+    for name, (crt, _key) in _slots(info).items():
+        assert _cert(crt).issuer == g2.subject, "%s is not signed by the new issuer" % name
+    der, _version = handshake(lab.vault_port, SNI, _admin_ctx(lab))
+    assert x509.load_der_x509_certificate(der).issuer == g2.subject
+    for app in info["apps"] + [info["proxy_app"]]:
+        ctx = tls_context(lab.admin_env()["VAULT_CACERT"], info["app_paths"][app]["agent_crt"],
+                          info["app_paths"][app]["agent_key"])
+        status, login = http_json(lab.vault_port, "POST", "/v1/auth/cert/login", ctx,
+                                  body={"name": "agent-%s" % app})
+        assert status == 200, (app, login)
