@@ -1,0 +1,163 @@
+"""Supported ansible-core versions: the oldest claimed one is tested, not assumed.
+
+The newest line is what `.venv` runs (every other suite). The oldest,
+`requires_ansible` in meta/runtime.yml, gets its own venv `.cache/venv-oldest`
+(Python 3.11, else 3.12, found by full path; pins in tests/requirements-oldest.txt;
+rebuilt only when the pins or the interpreter change) and runs:
+
+- `ansible-doc` of every module, filter and role of the collection;
+- a full `playbooks/rotate_all.yml -l lab` on a throwaway lab (every phase, its
+  gate, the report), checked from the outside: report status and lab health.
+
+The README's "Supported versions" table must name exactly these versions.
+"""
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+REQS = REPO / "tests" / "requirements-oldest.txt"
+VENV = Path(os.environ.get("OLDEST_VENV", REPO / ".cache" / "venv-oldest"))
+NAMESPACE, NAME = "privsec", "vault_rotate"
+FQCN = NAMESPACE + "." + NAME
+
+
+def _version(text):
+    return tuple(int(x) for x in text.split("."))
+
+
+def _pinned(path, package):
+    return re.findall(r"^%s==(\S+)" % re.escape(package), path.read_text(), re.M)
+
+
+def _oldest_pin():
+    pins = _pinned(REQS, "ansible-core")
+    assert len(pins) == 1, "exactly one ansible-core pin in %s" % REQS
+    return pins[0]
+
+
+def _newest_pin():
+    return max(_pinned(REPO / "requirements-controller.txt", "ansible-core"), key=_version)
+
+
+def _find_python():
+    """Python 3.11 or 3.12 (ansible-core 2.19 runs on 3.11-3.13): OLDEST_PYTHON, PATH, then pyenv by full path."""
+    if os.environ.get("OLDEST_PYTHON"):
+        return os.environ["OLDEST_PYTHON"]
+    pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    for minor in ("3.11", "3.12"):
+        found = shutil.which("python" + minor)
+        if found and "/shims/" not in found:
+            return found
+        versions = sorted(glob.glob(os.path.join(pyenv_root, "versions", minor + ".*", "bin", "python3")))
+        if versions:
+            return versions[-1]
+    return None
+
+
+def _clean_env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ANSIBLE_", "VAULT_", "BAO_", "VIRTUAL_ENV", "PYTHONHOME"))}
+    # the oldest venv first on PATH: ansible-* shell out to their siblings
+    env["PATH"] = str(VENV / "bin") + os.pathsep + env.get("PATH", "")
+    env.update({"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"})
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _run(argv, timeout=300, **env):
+    return subprocess.run([str(a) for a in argv], cwd=str(REPO), env=_clean_env(**env), capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def _ok(proc, what):
+    assert proc.returncode == 0, "%s failed (rc=%s):\n%s" % (what, proc.returncode,
+                                                            (proc.stdout + proc.stderr)[-6000:])
+    return proc
+
+
+@pytest.fixture(scope="session")
+def oldest_venv():
+    """.cache/venv-oldest with the pinned oldest ansible-core (built once, under a lock)."""
+    python = _find_python()
+    if not python:
+        pytest.fail("no Python 3.11/3.12 for the oldest ansible-core (set OLDEST_PYTHON=/path/to/python3.11)",
+                    pytrace=False)
+    stamp_value = hashlib.sha256(REQS.read_bytes() + python.encode()).hexdigest()
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(VENV) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stamp = VENV / ".stamp"
+        if not (stamp.is_file() and stamp.read_text() == stamp_value):
+            shutil.rmtree(VENV, ignore_errors=True)
+            _ok(subprocess.run([python, "-m", "venv", str(VENV)], capture_output=True, text=True, check=False),
+                "python -m venv %s" % VENV)
+            _ok(subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                                "-r", str(REQS)], capture_output=True, text=True, timeout=600, check=False),
+                "pip install -r %s" % REQS)
+            stamp.write_text(stamp_value)
+    proc = _ok(_run([VENV / "bin" / "ansible", "--version"]), "ansible --version (oldest)")
+    assert "core %s]" % _oldest_pin() in proc.stdout.splitlines()[0], proc.stdout
+    return VENV
+
+
+def test_claims_match_what_is_tested():
+    """requires_ansible = the oldest tested pin; the README table names both tested versions."""
+    runtime = yaml.safe_load((REPO / "meta" / "runtime.yml").read_text())
+    assert runtime["requires_ansible"] == ">=%s" % _oldest_pin()
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Supported versions", 1)[1].split("\n## ", 1)[0]
+    for pin in (_oldest_pin(), _newest_pin()):
+        assert "| %s |" % pin in table or "`%s`" % pin in table, "README support table lacks %s" % pin
+    newest = _ok(_run([REPO / ".venv" / "bin" / "ansible", "--version"]), "ansible --version (.venv)")
+    assert "core %s]" % _newest_pin() in newest.stdout.splitlines()[0], newest.stdout
+
+
+def _names(folder, pattern):
+    return sorted(p.stem for p in (REPO / folder).glob(pattern) if not p.name.startswith("_"))
+
+
+def test_ansible_doc_of_every_plugin_and_role_on_the_oldest(oldest_venv):
+    doc = oldest_venv / "bin" / "ansible-doc"
+    filters = _names("plugins/filter", "*.yml")
+    kinds = {
+        "module": _names("plugins/modules", "*.py"),
+        "filter": filters,
+        "role": sorted(p.name for p in (REPO / "roles").iterdir() if (p / "meta" / "argument_specs.yml").is_file()),
+    }
+    for kind, names in kinds.items():
+        assert names, "no %s found" % kind
+        proc = _ok(_run([doc, "-t", kind, "--json"] + ["%s.%s" % (FQCN, n) for n in names]),
+                   "ansible-doc -t %s (oldest)" % kind)
+        docs = json.loads(proc.stdout)
+        missing = [n for n in names if "%s.%s" % (FQCN, n) not in docs]
+        assert not missing, "ansible-doc -t %s gave no docs for %s\n%s" % (kind, missing, proc.stderr[-3000:])
+        assert "does not support Ansible version" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.lab
+@pytest.mark.destructive
+@pytest.mark.slow
+def test_rotate_all_on_the_oldest(oldest_venv, throwaway_lab):
+    lab = throwaway_lab()
+    proc = _run([oldest_venv / "bin" / "ansible-playbook", REPO / "playbooks" / "rotate_all.yml", "-l", "lab",
+                 "-i", REPO / "inventories" / "lab"], timeout=900,
+                LAB_DIR=lab.dir, LAB_VAULT_PORT=lab.vault_port, LAB_PROXY_PORT=lab.proxy_port,
+                LAB_FRONTEND_PORT_BASE=lab.frontend_port_base)
+    _ok(proc, "rotate_all.yml with ansible-core %s" % _oldest_pin())
+    assert "Traceback" not in proc.stdout + proc.stderr
+    report = json.loads((lab.dir / "reports" / "latest.json").read_text())
+    assert report["status"] == "success", report.get("msg")
+    assert report["summary"]["gates_failed"] == 0
+    assert report["summary"]["gates_passed"] >= 5, report["summary"]
+    status = lab.labctl("status")
+    assert status.returncode == 0, status.stdout + status.stderr

@@ -1,0 +1,223 @@
+"""The install paths a user takes, for real: build, install, run from the installed copy.
+
+- `ansible-galaxy collection build` of this working tree gives a clean tarball
+  (no test output, lab state, venvs, caches, symlinks, `collections/` link);
+- install from the tarball and from git (`git+file://` of a clean clone) into
+  fresh folders;
+- `privsec.vault_rotate.rotate_all` (FQCN playbook) runs from the INSTALLED copy
+  against a throwaway lab, with ANSIBLE_COLLECTIONS_PATH = the install folder
+  only, outside the checkout (no ansible.cfg, no `collections/` link in reach);
+- the checkout's own playbooks still find the collection when
+  ANSIBLE_COLLECTIONS_PATH is overridden (as AWX/AAP does);
+- `ansible-builder create` writes a build context from execution-environment.yml.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / ".venv" / "bin"
+GALAXY = yaml.safe_load((REPO / "galaxy.yml").read_text())
+FQCN = "%s.%s" % (GALAXY["namespace"], GALAXY["name"])
+TARBALL_NAME = "%s-%s-%s.tar.gz" % (GALAXY["namespace"], GALAXY["name"], GALAXY["version"])
+
+# Path components that must never ship: test output, lab state, venvs, caches,
+# the collections/ self-link (and its playbook-adjacent twin), build output.
+FORBIDDEN_PARTS = {".venv", ".lab", ".cache", ".git", ".pytest_cache", ".ruff_cache", "__pycache__",
+                   "collections", "reports", "output", ".molecule", "context"}
+# What a user of the installed collection needs.
+REQUIRED = ["MANIFEST.json", "FILES.json", "README.md", "meta/runtime.yml", "meta/execution-environment.yml",
+            "requirements.txt", "bindep.txt", "playbooks/rotate_all.yml", "inventories/prod/hosts.yml",
+            "inventories/lab/hosts.yml", "docs/awx.md", "CHANGELOG.md"]
+
+
+def _tool(name):
+    path = BIN / name
+    return str(path) if path.exists() else name
+
+
+def _env(**extra):
+    """A clean environment: nothing of ANSIBLE_*/VAULT_*/BAO_* leaks in from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "VAULT_", "BAO_"))}
+    env.update({"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"})
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _run(argv, cwd, env=None, timeout=300):
+    proc = subprocess.run([str(a) for a in argv], cwd=str(cwd), env=env or _env(), capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    return proc
+
+
+def _ok(proc, what):
+    assert proc.returncode == 0, "%s failed (rc=%s):\n%s" % (what, proc.returncode,
+                                                            (proc.stdout + proc.stderr)[-6000:])
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tarball(tmp_path_factory):
+    """`ansible-galaxy collection build` of the working tree (its lab state, venv and caches in place)."""
+    out = tmp_path_factory.mktemp("build")
+    _ok(_run([_tool("ansible-galaxy"), "collection", "build", "--output-path", out, REPO], cwd=out),
+        "ansible-galaxy collection build")
+    path = out / TARBALL_NAME
+    assert path.is_file(), "no %s in %s" % (TARBALL_NAME, sorted(p.name for p in out.iterdir()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def installed_from_tarball(tarball, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("install-tarball")
+    _ok(_run([_tool("ansible-galaxy"), "collection", "install", "-p", dest, tarball], cwd=dest),
+        "ansible-galaxy collection install <tarball>")
+    return dest
+
+
+def _collection_dir(install_root):
+    return install_root / "ansible_collections" / GALAXY["namespace"] / GALAXY["name"]
+
+
+def _assert_clean_tree(names, what):
+    problems = []
+    for name in names:
+        parts = Path(name).parts
+        if name.startswith("/") or ".." in parts:
+            problems.append("%s: escapes the collection" % name)
+        bad = FORBIDDEN_PARTS.intersection(parts)
+        if bad:
+            problems.append("%s: %s must not ship" % (name, sorted(bad)))
+        if name.endswith((".pyc", ".pyo", ".tar.gz", ".log")) or re.search(r"(^|/)\.?lab\.json$", name):
+            problems.append("%s: build or lab artefact" % name)
+    assert not problems, "%s is not clean:\n%s" % (what, "\n".join(problems))
+
+
+def test_tarball_is_clean(tarball):
+    with tarfile.open(tarball) as tar:
+        members = tar.getmembers()
+    names = [m.name.rstrip("/") for m in members]
+    links = [m.name for m in members if m.issym() or m.islnk()]
+    assert not links, "links in the tarball (a symlink loop waiting to happen): %s" % links
+    _assert_clean_tree(names, tarball.name)
+    missing = [r for r in REQUIRED if r not in names]
+    assert not missing, "missing from the tarball: %s" % missing
+    modules = sorted(p.name for p in (REPO / "plugins" / "modules").glob("*.py"))
+    shipped = sorted(Path(n).name for n in names if n.startswith("plugins/modules/") and n.endswith(".py"))
+    assert shipped == modules
+    for role in sorted(p.name for p in (REPO / "roles").iterdir() if p.is_dir()):
+        assert "roles/%s/meta/argument_specs.yml" % role in names, "role %s ships without argument_specs" % role
+    assert tarball.stat().st_size < 2 * 1024 * 1024, "tarball is %d bytes: something big slipped in" % (
+        tarball.stat().st_size)
+
+
+def test_install_from_tarball_gives_a_clean_collection(installed_from_tarball):
+    coll = _collection_dir(installed_from_tarball)
+    manifest = json.loads((coll / "MANIFEST.json").read_text())
+    assert manifest["collection_info"]["version"] == GALAXY["version"]
+    files = [str(p.relative_to(coll)) for p in coll.rglob("*")]
+    assert not [f for f in files if (coll / f).is_symlink()], "symlinks in the installed copy"
+    _assert_clean_tree(files, "the installed copy")
+
+
+def test_install_from_git_of_a_clean_clone(tmp_path, installed_from_tarball):
+    clone = tmp_path / "clone"
+    _ok(_run(["git", "clone", "-q", REPO, clone], cwd=tmp_path), "git clone")
+    dest = tmp_path / "install-git"
+    _ok(_run([_tool("ansible-galaxy"), "collection", "install", "-p", dest, "git+file://%s" % clone],
+             cwd=tmp_path), "ansible-galaxy collection install git+file://")
+    coll = _collection_dir(dest)
+    files = sorted(str(p.relative_to(coll)) for p in coll.rglob("*") if p.is_file())
+    assert not [f for f in files if (coll / f).is_symlink()], "symlinks in the git install"
+    _assert_clean_tree(files, "the git install")
+    # Same content as the tarball install, for every file git knows (the working
+    # tree may hold newer uncommitted files; the clone cannot).
+    tracked = set(_ok(_run(["git", "ls-files"], cwd=clone), "git ls-files").stdout.split())
+    from_tarball = _collection_dir(installed_from_tarball)
+    differ = [f for f in files if f in tracked and (from_tarball / f).is_file()
+              and (from_tarball / f).read_bytes() != (coll / f).read_bytes()
+              and not _dirty(f)]
+    assert not differ, "git install and tarball install differ in committed files: %s" % differ
+    missing = [f for f in files if f in tracked and not (from_tarball / f).exists() and not _dirty(f)]
+    assert not missing, "in the git install but not in the tarball: %s" % missing
+    # the module docs load from the git install alone
+    env = _env(ANSIBLE_COLLECTIONS_PATH=dest)
+    _ok(_run([_tool("ansible-doc"), "-t", "module", "%s.pki_cert" % FQCN], cwd=tmp_path, env=env),
+        "ansible-doc from the git install")
+
+
+def _dirty(path):
+    """True when the working tree's copy of `path` differs from HEAD (another change in progress)."""
+    proc = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", path], cwd=str(REPO), check=False)
+    return proc.returncode != 0
+
+
+@pytest.mark.lab
+@pytest.mark.destructive
+@pytest.mark.slow
+def test_rotate_all_from_the_installed_copy(installed_from_tarball, throwaway_lab, tmp_path):
+    lab = throwaway_lab()
+    coll = _collection_dir(installed_from_tarball)
+    work = tmp_path / "operator"
+    work.mkdir()
+    # The newcomer's path: copy the example inventory out of the installed copy.
+    shutil.copytree(coll / "inventories" / "lab", work / "inventory")
+    env = _env(ANSIBLE_COLLECTIONS_PATH=installed_from_tarball, LAB_DIR=lab.dir,
+               LAB_VAULT_PORT=lab.vault_port, LAB_PROXY_PORT=lab.proxy_port,
+               LAB_FRONTEND_PORT_BASE=lab.frontend_port_base)
+    # Only the installed copy is reachable: no ansible.cfg, no collections/ link.
+    listing = _ok(_run([_tool("ansible-galaxy"), "collection", "list", FQCN, "--format", "json"], cwd=work,
+                       env=env), "ansible-galaxy collection list")
+    paths = list(json.loads(listing.stdout))
+    assert paths == [str(installed_from_tarball / "ansible_collections")], paths
+
+    proc = _run([_tool("ansible-playbook"), "-i", "inventory", "%s.rotate_all" % FQCN, "-l", "lab"],
+                cwd=work, env=env, timeout=900)
+    _ok(proc, "ansible-playbook %s.rotate_all from the installed copy" % FQCN)
+    report = json.loads((lab.dir / "reports" / "latest.json").read_text())
+    assert report["status"] == "success", report.get("msg")
+    assert report["env"] == "lab"
+    assert report["summary"]["gates_failed"] == 0
+    assert report["summary"]["failed_phase"] in (None, "")
+    assert report["summary"]["gates_passed"] >= 5, report["summary"]
+    healthy = lab.labctl("status")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+
+
+def test_checkout_playbooks_find_the_collection_under_an_overridden_collections_path(tmp_path):
+    """AWX/AAP sets ANSIBLE_COLLECTIONS_PATH, which replaces ansible.cfg's collections_path:
+    playbooks/collections (playbook-adjacent) must still resolve the collection."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = _env(ANSIBLE_COLLECTIONS_PATH=empty, ANSIBLE_CONFIG=REPO / "ansible.cfg")
+    for playbook in sorted((REPO / "playbooks").glob("*.yml")):
+        proc = _run([_tool("ansible-playbook"), "-i", REPO / "inventories" / "prod", str(playbook),
+                     "--syntax-check"], cwd=REPO, env=env, timeout=120)
+        _ok(proc, "%s --syntax-check with ANSIBLE_COLLECTIONS_PATH=%s" % (playbook.name, empty))
+
+
+def test_ansible_builder_create(tmp_path):
+    ctx = tmp_path / "context"
+    _ok(_run([_tool("ansible-builder"), "create", "-f", REPO / "execution-environment.yml", "-c", ctx],
+             cwd=REPO), "ansible-builder create")
+    containerfile = next(p for p in (ctx / "Containerfile", ctx / "Dockerfile") if p.exists())
+    text = containerfile.read_text()
+    ee = yaml.safe_load((REPO / "execution-environment.yml").read_text())
+    assert ee["version"] == 3
+    assert ee["dependencies"]["ansible_core"]["package_pip"] in text
+    galaxy_reqs = yaml.safe_load((ctx / "_build" / "requirements.yml").read_text())
+    assert any(c["name"].endswith("vault_rotate.git") for c in galaxy_reqs["collections"])
+    # The EE's ansible-core is the newest tested one (requirements-controller.txt).
+    pins = re.findall(r"^ansible-core==(\S+)", (REPO / "requirements-controller.txt").read_text(), re.M)
+    assert ee["dependencies"]["ansible_core"]["package_pip"] == "ansible-core==%s" % max(
+        pins, key=lambda v: tuple(int(x) for x in v.split(".")))
+    meta_ee = yaml.safe_load((REPO / "meta" / "execution-environment.yml").read_text())
+    assert (REPO / meta_ee["dependencies"]["python"]).is_file()
+    assert (REPO / meta_ee["dependencies"]["system"]).is_file()
