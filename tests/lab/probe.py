@@ -81,7 +81,7 @@ def classify(exc):
         return "untrusted_server_cert"
     if isinstance(exc, ssl.SSLError):
         reason = (getattr(exc, "reason", None) or "").lower()
-        if reason.startswith("tlsv13_alert_") or reason.startswith("sslv3_alert_") or reason.startswith("tlsv1_alert_"):
+        if reason.startswith(("tlsv13_alert_", "sslv3_alert_", "tlsv1_alert_")):
             return "tls_alert:" + reason.split("alert_", 1)[1].replace("_", " ")
         if "eof" in reason or "unexpected eof" in str(exc).lower():
             return "reset"

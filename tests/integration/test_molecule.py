@@ -1,0 +1,125 @@
+"""The molecule scenarios of extensions/molecule/, run by pytest so `make test` includes them.
+
+Every scenario runs as `molecule test -s <name>` from the repo root, one after
+the other, against ONE lab of this module: its own folder (tmp) and its own
+ports (a free block in 28600-28699), never the session lab of the other tests.
+The scenarios' `create` joins that running lab and their `destroy` leaves it
+running (they stop only a lab they started), so it comes up once; the module
+purges it at the end. Each scenario gets its own molecule ephemeral folder.
+
+    pytest tests/integration/test_molecule.py -m molecule
+    pytest tests/integration/test_molecule.py -k full      # one scenario (the lab still comes up)
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import LabHandle
+from lab import Lab, port_free
+
+pytestmark = [pytest.mark.molecule, pytest.mark.lab, pytest.mark.destructive, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+MOLECULE_DIR = REPO / "extensions" / "molecule"
+BIN = Path(sys.executable).parent
+# Role scenarios first, each proving one role on its own; then the whole run.
+SCENARIOS = ["admin_cert", "server_tls", "agent_login", "app_leaf", "proxy_trust", "healthcheck", "restart", "full"]
+PORTS = range(28600, 28700)
+BLOCK = 10
+SCENARIO_TIMEOUT = 900
+TIMES = {}
+
+
+def _free_block():
+    for base in range(PORTS.start, PORTS.stop - BLOCK + 1, BLOCK):
+        if all(port_free(p) for p in range(base, base + BLOCK)):
+            return base
+    raise RuntimeError("no free block of %d ports in %d-%d for the molecule lab" % (BLOCK, PORTS.start, PORTS.stop - 1))
+
+
+@pytest.fixture(scope="module")
+def molecule_lab(tmp_path_factory):
+    """One private lab for every scenario of this module, purged at the end."""
+    base = _free_block()
+    handle = LabHandle(Lab(dir=tmp_path_factory.mktemp("molecule") / "lab", vault_port=base, proxy_port=base + 2,
+                           frontend_port_base=base + 3))
+    try:
+        proc = handle.labctl("up")
+        if proc.returncode != 0:
+            pytest.fail("molecule lab up failed in %s:\n%s%s" % (handle.dir, proc.stdout, proc.stderr), pytrace=False)
+        yield handle
+    finally:
+        handle.labctl("down", "--purge")
+        if TIMES:
+            total = sum(TIMES.values())
+            print("\nmolecule scenario times: %s; total %.0f s" % (
+                ", ".join("%s %.0f s" % kv for kv in TIMES.items()), total))
+
+
+def molecule_env(lab, ephemeral):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ANSIBLE_", "MOLECULE_", "VAULT_", "BAO_", "LAB_"))}
+    env.update({
+        "PATH": str(BIN) + os.pathsep + env.get("PATH", ""),
+        "LAB_DIR": str(lab.dir),
+        "LAB_VAULT_PORT": str(lab.vault_port),
+        "LAB_PROXY_PORT": str(lab.proxy_port),
+        "LAB_FRONTEND_PORT_BASE": str(lab.frontend_port_base),
+        "MOLECULE_EPHEMERAL_DIRECTORY": str(ephemeral),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "PY_COLORS": "0",
+        "NO_COLOR": "1",
+        "TERM": "dumb",
+        "COLUMNS": "160",
+    })
+    return env
+
+
+def stop_leftover_probe(ephemeral):
+    """A scenario that died before its destroy may leave its prober running: stop it by its pid."""
+    pidfile = ephemeral / "probe.pid"
+    if pidfile.exists():
+        subprocess.run([sys.executable, str(REPO / "tests" / "lab" / "probe.py"), "stop", "--pidfile", str(pidfile)],
+                       capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_every_scenario_is_run():
+    on_disk = sorted(p.parent.name for p in MOLECULE_DIR.glob("*/molecule.yml"))
+    assert on_disk == sorted(SCENARIOS), "scenarios on disk %s, run here %s" % (on_disk, SCENARIOS)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario(scenario, molecule_lab, tmp_path, record_property):
+    ephemeral = tmp_path / "molecule" / scenario
+    ephemeral.mkdir(parents=True)
+    started = time.monotonic()
+    try:
+        proc = subprocess.run([str(BIN / "molecule"), "test", "-s", scenario], cwd=str(REPO),
+                              env=molecule_env(molecule_lab, ephemeral), capture_output=True, text=True,
+                              timeout=SCENARIO_TIMEOUT, check=False)
+    finally:
+        stop_leftover_probe(ephemeral)
+        TIMES[scenario] = time.monotonic() - started
+    record_property("molecule_seconds", round(TIMES[scenario], 1))
+    output = proc.stdout + proc.stderr
+    (tmp_path / "molecule.log").write_text(output)
+    tail = "\n".join(output.splitlines()[-80:])
+    assert proc.returncode == 0, "molecule test -s %s failed (rc %d, full log %s):\n%s" % (
+        scenario, proc.returncode, tmp_path / "molecule.log", tail)
+    assert "1 successful" in output, tail
+    # the lab is left running for the next scenario (destroy stops only a lab it started)
+    status = molecule_lab.labctl("status", "--json")
+    assert status.returncode == 0, "lab not healthy after %s: %s" % (scenario, status.stdout[-2000:])
+    # what verify found (kept by the scenarios' driver safe_files)
+    verify = json.loads((ephemeral / "verify.json").read_text())
+    assert verify["scenario"] == scenario and verify["failed"] == 0, verify
+    record_property("molecule_checks", len(verify["results"]))
+    if scenario == "full":
+        probe = json.loads((ephemeral / "probe.json").read_text())
+        record_property("probe", {k: probe[k] for k in ("attempts", "failures", "failure_classes", "max_gap_ms")})
+        print("\nfull: probe %d handshakes, %d failed, longest gap %.0f ms" % (
+            probe["attempts"], probe["failures"], probe["max_gap_ms"]))
