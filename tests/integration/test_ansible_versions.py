@@ -7,7 +7,8 @@ rebuilt only when the pins or the interpreter change) and runs:
 
 - `ansible-doc` of every module, filter and role of the collection;
 - a full `playbooks/rotate_all.yml -l lab` on a throwaway lab (every phase, its
-  gate, the report), checked from the outside: report status and lab health.
+  gate, a forced restart with unseal, the report), fed like docs/awx.md's AWX
+  credential types, checked from the outside: report, serials, pid, lab health.
 
 The README's "Supported versions" table must name exactly these versions.
 """
@@ -144,20 +145,61 @@ def test_ansible_doc_of_every_plugin_and_role_on_the_oldest(oldest_venv):
         assert "does not support Ansible version" not in proc.stderr, proc.stderr
 
 
+def _serial(path):
+    from cryptography import x509
+    return x509.load_pem_x509_certificate(Path(path).read_bytes()).serial_number
+
+
 @pytest.mark.lab
 @pytest.mark.destructive
 @pytest.mark.slow
-def test_rotate_all_on_the_oldest(oldest_venv, throwaway_lab):
+def test_rotate_all_on_the_oldest_with_awx_style_credentials(oldest_venv, throwaway_lab, tmp_path):
+    """The full rotation on the oldest ansible-core, fed the way docs/awx.md's credential
+    types feed a job: the admin identity as separate files + VAULT_* env + extra vars
+    pointing at them, the unseal keys as an extra-vars LIST with empty fields; a forced
+    restart so the unseal path runs."""
     lab = throwaway_lab()
+    paths = lab.info["paths"]
+    cred = tmp_path / "awx-credential"
+    cred.mkdir(mode=0o700)
+    files = {"client_cert": paths["admin_crt"], "client_key": paths["admin_key"],
+             "ca_cert": paths["admin_ca"], "issuing_ca": paths["admin_issuing_ca"]}
+    for name, src in files.items():
+        shutil.copyfile(src, cred / name)
+    keys = json.loads((lab.dir / "secrets" / "init.json").read_text())["keys_base64"]
+    extra = cred / "extra_vars.json"
+    extra.touch(mode=0o600)
+    extra.write_text(json.dumps({
+        "vault_rotate_admin_cert": str(cred / "client_cert"),
+        "vault_rotate_admin_key": str(cred / "client_key"),
+        "vault_rotate_ca_cert": str(cred / "ca_cert"),
+        "vault_rotate_admin_issuing_ca": str(cred / "issuing_ca"),
+        "vault_rotate_unseal_keys": keys[:1] + ["", ""],
+        "vault_rotate_restart_vault": "always",
+        "vault_rotate_force": True,
+    }))
+    lab_admin_serial = _serial(paths["admin_crt"])
+    cred_serial = _serial(cred / "client_cert")
+    vault_pid = lab.lab.unit_pid("container-vaultprod")
+
     proc = _run([oldest_venv / "bin" / "ansible-playbook", REPO / "playbooks" / "rotate_all.yml", "-l", "lab",
-                 "-i", REPO / "inventories" / "lab"], timeout=900,
+                 "-i", REPO / "inventories" / "lab", "-e", "@%s" % extra], timeout=900,
                 LAB_DIR=lab.dir, LAB_VAULT_PORT=lab.vault_port, LAB_PROXY_PORT=lab.proxy_port,
-                LAB_FRONTEND_PORT_BASE=lab.frontend_port_base)
+                LAB_FRONTEND_PORT_BASE=lab.frontend_port_base,
+                VAULT_CLIENT_CERT=cred / "client_cert", VAULT_CLIENT_KEY=cred / "client_key",
+                VAULT_CACERT=cred / "ca_cert", VAULT_TLS_SERVER_NAME=lab.tls_server_name)
     _ok(proc, "rotate_all.yml with ansible-core %s" % _oldest_pin())
-    assert "Traceback" not in proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output
+    assert not [k for k in keys if k in output], "an unseal key is in the output"
     report = json.loads((lab.dir / "reports" / "latest.json").read_text())
     assert report["status"] == "success", report.get("msg")
     assert report["summary"]["gates_failed"] == 0
     assert report["summary"]["gates_passed"] >= 5, report["summary"]
+    # the admin cert was rotated where the credential put it, the lab's own file untouched
+    assert _serial(cred / "client_cert") != cred_serial
+    assert _serial(paths["admin_crt"]) == lab_admin_serial
+    # restarted (new pid), unsealed with the list, healthy
+    assert lab.lab.unit_pid("container-vaultprod") not in (None, vault_pid)
     status = lab.labctl("status")
     assert status.returncode == 0, status.stdout + status.stderr
