@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """labcheck: independent checks of the lab for the molecule scenarios.
 
 It knows nothing of the roles: it reads the lab's own description
@@ -72,6 +71,10 @@ def serial_hex(n):
 
 def load_certs(path):
     return x509.load_pem_x509_certificates(Path(path).read_bytes())
+
+
+def spki(public_key):
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def fingerprint(cert):
@@ -264,9 +267,7 @@ class Checks:
                 problems.append("%s owner %d:%d, was %d:%d" % (kind, fs["uid"], fs["gid"], old["uid"], old["gid"]))
         # key matches cert
         key = serialization.load_pem_private_key(Path(g["key"]).read_bytes(), password=None)
-        pub = lambda k: k.public_bytes(serialization.Encoding.DER,  # noqa: E731
-                                       serialization.PublicFormat.SubjectPublicKeyInfo)
-        if pub(key.public_key()) != pub(leaf.public_key()):
+        if spki(key.public_key()) != spki(leaf.public_key()):
             problems.append("key does not match the cert")
         # CN and expiry
         cn = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
