@@ -123,3 +123,45 @@ def test_molecule_scenario(scenario, molecule_lab, tmp_path, record_property):
         record_property("probe", {k: probe[k] for k in ("attempts", "failures", "failure_classes", "max_gap_ms")})
         print("\nfull: probe %d handshakes, %d failed, longest gap %.0f ms" % (
             probe["attempts"], probe["failures"], probe["max_gap_ms"]))
+
+
+# The judges of the scenarios must be able to say no: a verify that cannot fail
+# proves nothing.
+
+def test_labcheck_fails_when_the_rotation_did_not_happen(molecule_lab, tmp_path):
+    labcheck = [sys.executable, str(MOLECULE_DIR / "shared" / "labcheck.py")]
+    snap = tmp_path / "snapshot.json"
+    subprocess.run(labcheck + ["snapshot", "--lab-dir", str(molecule_lab.dir), "--out", str(snap)],
+                   check=True, capture_output=True, text=True, timeout=60)
+    healthy = subprocess.run(labcheck + ["check", "--lab-dir", str(molecule_lab.dir), "--snapshot", str(snap),
+                                         "--scenario", "healthcheck"], capture_output=True, text=True, timeout=120)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    # nothing was rotated since the snapshot: the admin_cert verify must refuse
+    proc = subprocess.run(labcheck + ["check", "--lab-dir", str(molecule_lab.dir), "--snapshot", str(snap),
+                                      "--scenario", "admin_cert"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL files admin: serial unchanged" in proc.stdout, proc.stdout
+
+
+def test_probe_sees_a_vault_restart(molecule_lab, tmp_path):
+    """A restart (sealed until unsealed) shows up as failed handshakes; the probe runs on afterwards."""
+    paths = molecule_lab.info["paths"]
+    probe = [sys.executable, str(REPO / "tests" / "lab" / "probe.py")]
+    pidfile, out = tmp_path / "probe.pid", tmp_path / "probe.json"
+    subprocess.run(probe + ["start", "--port", str(molecule_lab.vault_port), "--server-name", molecule_lab.tls_server_name,
+                            "--ca", paths["admin_ca"], "--cert", paths["admin_crt"], "--key", paths["admin_key"],
+                            "--out", str(out), "--pidfile", str(pidfile)],
+                   check=True, capture_output=True, text=True, timeout=30)
+    try:
+        time.sleep(0.5)
+        assert molecule_lab.unit("container-vaultprod", "restart").returncode == 0
+        molecule_lab.labctl("unseal", check=True)
+        time.sleep(0.5)
+    finally:
+        stop = subprocess.run(probe + ["stop", "--pidfile", str(pidfile)], capture_output=True, text=True, timeout=30)
+    summary = json.loads(stop.stdout)
+    assert summary["failures"] > 0, summary
+    assert set(summary["failure_classes"]) <= {"refused", "reset", "sealed", "timeout", "http_503"} | {
+        c for c in summary["failure_classes"] if c.startswith(("tls_error", "os_error"))}, summary["failure_classes"]
+    assert summary["ok"] > 0 and summary["attempts"] == summary["ok"] + summary["failures"]
+    assert summary["last_ok"] > summary["last_failure"], "no good handshake after the restart: %s" % summary

@@ -20,7 +20,7 @@ reported as a server failure.
     probe.py stop  --pidfile PID [--out SUMMARY.json]  (SIGTERM, waits, prints the summary)
 
 The summary (JSON, rewritten every 0.5 s and at exit) holds: attempts, ok,
-failures, failure_classes, failure_samples (first 100), serials_seen (served
+failures, failure_classes, failure_samples (first 100), last_ok, last_failure, serials_seen (served
 leaf serials with first/last seen), identity_serials (client certs used),
 identity_reload_retries, max_gap_ms (longest time between two tries), latency
 percentiles, started/ended. Never a key or a token.
@@ -157,6 +157,8 @@ class Prober:
         self.latencies = []
         self.max_gap = 0.0
         self.last_start = None
+        self.last_ok = None
+        self.last_failure = None
         self.stop = False
 
     def one(self):
@@ -203,8 +205,10 @@ class Prober:
             s["count"] += 1
         if failure is None:
             self.ok += 1
+            self.last_ok = _iso(t0)
             return
         self.failures += 1
+        self.last_failure = _iso(t0)
         self.classes[failure] = self.classes.get(failure, 0) + 1
         if len(self.samples) < MAX_SAMPLES:
             self.samples.append({"t": _iso(t0), "class": failure, "error": (error or "")[:300],
@@ -231,6 +235,8 @@ class Prober:
             "failures": self.failures,
             "failure_classes": self.classes,
             "failure_samples": self.samples,
+            "last_ok": self.last_ok,
+            "last_failure": self.last_failure,
             "serials_seen": [dict(serial=k, **v) for k, v in
                              sorted(self.serials.items(), key=lambda kv: kv[1]["first_seen"])],
             "identity_serials": self.identity.serials,
