@@ -22,6 +22,7 @@ define run_pytest
 	rc=0; $(PYTEST) $(1) || rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 endef
 
+.PHONY: bench
 .PHONY: help bootstrap demo test lint ruff ansible-lint sanity unit integration lab-up lab-down lab-status clean distclean
 
 help:
@@ -31,6 +32,7 @@ help:
 	@echo "make sanity       ansible-test sanity only (offline, on a copy under .cache/)"
 	@echo "make unit         pytest tests/unit"
 	@echo "make integration  pytest everything but tests/unit (needs/starts the lab)"
+	@echo "make bench        rotate_all timings on private N-app labs (BENCH_APPS, BENCH_REPS: docs/performance.md)"
 	@echo "make lab-up | lab-down | lab-status"
 	@echo "make clean        stop the lab, remove .lab/ .cache/ and test caches (keeps .venv)"
 	@echo "make distclean    clean + remove .venv"
@@ -45,6 +47,12 @@ demo: bootstrap
 	$(LABCTL) status
 	$(VENV)/bin/ansible-playbook playbooks/rotate_all.yml -l lab
 	$(LABCTL) status
+
+# Not part of `make test`. Defaults (N = 2 and 8, 1 repetition, + one restart
+# run) take about 10 min on 2 idle cores; the issue's full run:
+# BENCH_APPS="2 8 32" BENCH_REPS=3 make bench. Ports 31000-31999 (BENCH_PORT_BASE).
+bench: bootstrap
+	$(PY) bench/bench.py
 
 lab-up: bootstrap
 	$(LABCTL) up

@@ -33,7 +33,7 @@ rm -rf "$DEST"
 mkdir -p "$DEST"
 tar -C "$REPO" -cf - \
     --exclude=./.venv --exclude=./.lab --exclude=./.cache --exclude=./.git \
-    --exclude=./collections --exclude=./playbooks/collections --exclude=./tests/output --exclude=./reports \
+    --exclude=./bench --exclude=./collections --exclude=./playbooks/collections --exclude=./tests/output --exclude=./reports \
     --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache \
     --exclude='./privsec-vault_rotate-*.tar.gz' --exclude=./tests . | tar -C "$DEST" -xf -
 # Of tests/ only tests/sanity (ignore files) goes in: the pytest suites and the

@@ -31,6 +31,7 @@ class CallbackModule(CallbackBase):
         self._task = None
         self._play = None
         self.results = {"ok": 0, "changed": 0, "skipped": 0, "failed": 0}
+        self.vault_requests = {}  # module -> {"results": n, "requests": sum of vault_requests}
 
     def _close_task(self):
         if self._task:
@@ -71,6 +72,12 @@ class CallbackModule(CallbackBase):
             self._task.setdefault(kind, 0)
             self._task[kind] += 1
         self.results[kind] = self.results.get(kind, 0) + 1
+        reqs = result._result.get("vault_requests") if kind != "skipped" else None
+        if isinstance(reqs, int) and self._task is not None:
+            acc = self.vault_requests.setdefault(self._task["action"], {"results": 0, "requests": 0})
+            acc["results"] += 1
+            acc["requests"] += reqs
+            self._task["vault_requests"] = self._task.get("vault_requests", 0) + reqs
 
     def v2_runner_on_ok(self, result):
         self._res("changed" if result._result.get("changed") else "ok", result)
@@ -91,7 +98,9 @@ class CallbackModule(CallbackBase):
             return
         executed = [t for t in self.tasks if t["hosts"] - t.get("skipped", 0) > 0]
         data = {
+            "t0_epoch": self.t0,
             "wall_s": round(time.time() - self.t0, 3),
+            "vault_requests": self.vault_requests,
             "tasks_started": len(self.tasks),
             "tasks_executed": len(executed),
             "host_results": self.results,
