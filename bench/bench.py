@@ -364,6 +364,12 @@ def main():
     result = {"format": "privsec.vault_rotate.bench/v1", "started": stamp, "machine": machine(),
               "config": {"apps": ns, "reps": reps, "kinds": kinds, "restart": restart, "port_base": port_base},
               "runs": []}
+    def save():  # after every run, so an interrupted bench keeps what it measured
+        result["summary"] = summarize(result["runs"]) if result["runs"] else []
+        result["machine"]["loadavg_end"] = os.getloadavg()
+        out.write_text(json.dumps(result, indent=1))
+        shutil.copyfile(out, workdir / "latest.json")
+
     for i, n in enumerate(ns):
         b = Bench(n, port_base, workdir)
         print("bench: N=%d: lab up (%s)" % (n, b.dir), flush=True)
@@ -375,19 +381,18 @@ def main():
                 for kind in kinds:
                     r = b.run(kind, rep)
                     result["runs"].append(r)
+                    save()
                     print("bench: N=%d %-7s #%d rc=%d %.1fs tasks=%s vault=%s lsn_fail=%s prx_fail=%s" % (
                         n, kind, rep, r["rc"], r["wall_s"], r["tasks_executed"], r["vault"]["total"],
                         r["probes"]["listener"]["failures"], r["probes"]["proxy"]["failures"]), flush=True)
             if restart and i == 0:
                 r = b.run("restart", 1)
                 result["runs"].append(r)
+                save()
                 print("bench: N=%d restart rc=%d %.1fs %s" % (n, r["rc"], r["wall_s"], r["restart"]), flush=True)
         finally:
             b.down(purge=os.environ.get("BENCH_KEEP") is None)
-    result["summary"] = summarize(result["runs"])
-    result["machine"]["loadavg_end"] = os.getloadavg()
-    out.write_text(json.dumps(result, indent=1))
-    shutil.copyfile(out, workdir / "latest.json")
+    save()
     print()
     print(table(result["summary"]))
     print("\nJSON: %s" % out)
