@@ -28,6 +28,7 @@ and versions. Secrets (root token, unseal key) never leave the lab's files.
 """
 import json
 import os
+import resource
 import platform
 import shutil
 import statistics
@@ -194,6 +195,7 @@ class Bench:
             self._probe("start", name, port, self.work / ("probe-%s-%s.json" % (tag, name)))
         audit_from = self.audit_log.stat().st_size if self.audit_log.exists() else 0
         t0 = time.time()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         with open(log, "w") as fh:
             proc = subprocess.Popen(args, cwd=str(REPO), env=dict(self.env, BENCH_TIMER_OUT=str(timer_out)),
                                     stdout=fh, stderr=subprocess.STDOUT)
@@ -202,6 +204,10 @@ class Bench:
             rc = proc.wait()
             rss.stop_flag = True
         wall = time.time() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU seconds of ansible-playbook and every worker/module it waited for:
+        # unlike wall time, barely inflated when other jobs share the cores.
+        cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
         time.sleep(0.3)
         probe = {}
         for name in probes:
@@ -210,6 +216,7 @@ class Bench:
             probe[name] = json.loads(out.read_text())
         timer = json.loads(timer_out.read_text()) if timer_out.exists() else {}
         res = {"n": self.n, "kind": kind, "rep": rep, "rc": rc, "wall_s": round(wall, 2),
+               "controller_cpu_s": round(cpu, 2), "loadavg": os.getloadavg(),
                "log": str(log), "peak_rss_mb": round(rss.peak_kb / 1024.0, 1),
                "tasks_executed": timer.get("tasks_executed"), "tasks_started": timer.get("tasks_started"),
                "host_results": timer.get("host_results"), "phases_s": self._phases(timer),
@@ -311,6 +318,7 @@ def summarize(runs):
         row = {"n": n, "kind": kind, "reps": len(rs), "ok": all(r["rc"] == 0 for r in rs),
                "wall_median_s": round(statistics.median(walls), 2),
                "wall_min_s": min(walls), "wall_max_s": max(walls),
+               "cpu_median_s": med(lambda r: r.get("controller_cpu_s")),
                "tasks": med(lambda r: r["tasks_executed"]),
                "vault_requests": med(lambda r: r["vault"]["total"]),
                "issue_per_slot": med(lambda r: (r["vault"]["issue_sign"] / r["vault"]["rotated_slots"])
@@ -331,13 +339,13 @@ def summarize(runs):
 
 
 def table(rows):
-    head = ("N", "kind", "reps", "wall med", "min..max", "tasks", "vault req", "iss/slot", "logins",
+    head = ("N", "kind", "reps", "wall med", "min..max", "cpu", "tasks", "vault req", "iss/slot", "logins",
             "RSS MB", "lsn fail", "lsn gap", "prx fail", "prx gap")
-    lines = ["%-3s %-8s %4s %9s %13s %6s %9s %8s %6s %7s %8s %8s %8s %8s" % head]
+    lines = ["%-3s %-8s %4s %9s %13s %6s %6s %9s %8s %6s %7s %8s %8s %8s %8s" % head]
     for r in rows:
-        lines.append("%-3d %-8s %4d %8.1fs %13s %6s %9s %8s %6s %7.0f %8d %7.0fms %8d %7.0fms" % (
+        lines.append("%-3d %-8s %4d %8.1fs %13s %5.0fs %6s %9s %8s %6s %7.0f %8d %7.0fms %8d %7.0fms" % (
             r["n"], r["kind"], r["reps"], r["wall_median_s"], "%.1f..%.1f" % (r["wall_min_s"], r["wall_max_s"]),
-            r["tasks"], r["vault_requests"], "-" if r["issue_per_slot"] is None else "%.2f" % r["issue_per_slot"],
+            r["cpu_median_s"] or 0, r["tasks"], r["vault_requests"], "-" if r["issue_per_slot"] is None else "%.2f" % r["issue_per_slot"],
             r["logins"], r["peak_rss_mb"], r["listener_fail"], r["listener_max_gap_ms"], r["proxy_fail"],
             r["proxy_max_gap_ms"]))
     lines.append("")
