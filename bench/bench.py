@@ -268,26 +268,30 @@ class Bench:
                 "outage_ms": Bench._outage_ms(s)}
 
     @staticmethod
+    def _ts(iso):
+        return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+    @staticmethod
     def _outage_ms(s):
-        samples = [x["t"] for x in s.get("failure_samples") or []]
-        if not samples:
+        """First failed try (the first sample) to the last one (the summary's
+        last_failure; the samples stop at 100), plus one interval."""
+        samples = s.get("failure_samples") or []
+        if not samples or not s.get("last_failure"):
             return 0.0
-        ts = [datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp() for t in samples]
-        return round((max(ts) - min(ts)) * 1000.0 + 20.0, 1)
+        return round((Bench._ts(s["last_failure"]) - Bench._ts(samples[0]["t"])) * 1000.0 + 20.0, 1)
 
     @staticmethod
     def _restart_view(timer, listener):
-        """Lag between the server being ready (last failed probe + one interval)
-        and the playbook's readiness task ending."""
-        samples = listener.get("failure_samples") or []
-        view = {"probe_failures": listener.get("failures"), "outage_ms": Bench._outage_ms(listener)}
+        """Readiness lag: the end of the playbook's readiness task (vault_health,
+        which also unseals) minus the server's first good answer (the prober's
+        last failed try + one 20 ms interval)."""
+        view = {"probe_failures": listener.get("failures"), "outage_ms": Bench._outage_ms(listener),
+                "failure_classes": listener.get("failure_classes")}
         ready_task = [t for t in timer.get("tasks", []) if t["action"].endswith("vault_health")
-                      and "restart" in t["name"]]
-        if samples and ready_task:
-            last = datetime.strptime(samples[-1]["t"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-                tzinfo=timezone.utc).timestamp()
+                      and t.get("play", "").startswith("Restart")]
+        if listener.get("last_failure") and ready_task:
             detected = timer["t0_epoch"] + ready_task[-1]["end"]
-            view["ready_detect_lag_ms"] = round((detected - (last + 0.02)) * 1000.0, 1)
+            view["ready_detect_lag_ms"] = round((detected - (Bench._ts(listener["last_failure"]) + 0.02)) * 1000.0, 1)
         return view
 
 
@@ -343,9 +347,10 @@ def table(rows):
             "RSS MB", "lsn fail", "lsn gap", "prx fail", "prx gap")
     lines = ["%-3s %-8s %4s %9s %13s %6s %6s %9s %8s %6s %7s %8s %8s %8s %8s" % head]
     for r in rows:
-        lines.append("%-3d %-8s %4d %8.1fs %13s %5.0fs %6s %9s %8s %6s %7.0f %8d %7.0fms %8d %7.0fms" % (
+        lines.append("%-3d %-8s %4d %8.1fs %13s %6s %6s %9s %8s %6s %7.0f %8d %7.0fms %8d %7.0fms" % (
             r["n"], r["kind"], r["reps"], r["wall_median_s"], "%.1f..%.1f" % (r["wall_min_s"], r["wall_max_s"]),
-            r["cpu_median_s"] or 0, r["tasks"], r["vault_requests"], "-" if r["issue_per_slot"] is None else "%.2f" % r["issue_per_slot"],
+            "-" if r["cpu_median_s"] is None else "%.0fs" % r["cpu_median_s"], r["tasks"], r["vault_requests"],
+            "-" if r["issue_per_slot"] is None else "%.2f" % r["issue_per_slot"],
             r["logins"], r["peak_rss_mb"], r["listener_fail"], r["listener_max_gap_ms"], r["proxy_fail"],
             r["proxy_max_gap_ms"]))
     lines.append("")
