@@ -301,7 +301,7 @@ def test_agent_that_does_not_come_back(throwaway_lab, tmp_path):
     status, _ = agent_login(lab, app)
     assert status == 200
     admin_works(lab)
-    assert changed(before, live_files(lab)) <= phase_files(lab)["agent_login"]
+    assert changed(before, live_files(lab)) <= phase_files(lab)["agent_login"] | bundle_files(lab)
 
     again = _ansible(lab, PLAYBOOK, *QUICK, *force("agent_login"))
     assert_all_green(lab, again)
@@ -328,7 +328,7 @@ def test_nginx_refuses_reload(throwaway_lab):
     assert serial(info["app_paths"][app]["frontend_crt"]) == old
     assert _served_serial(port, info["app_paths"][app]["sni"], root_ctx) == old
     admin_works(lab)
-    assert changed(before, live_files(lab)) <= phase_files(lab)["agent_login"] | phase_files(lab)["app_leaf"]
+    assert changed(before, live_files(lab)) <= phase_files(lab)["agent_login"] | phase_files(lab)["app_leaf"] | bundle_files(lab)
 
     conf.write_text(good)
     again = _ansible(lab, PLAYBOOK, *QUICK, *force("app_leaf"))
@@ -368,7 +368,7 @@ def test_proxy_chain_lacks_a_ca(throwaway_lab, tmp_path):
     app = info["apps"][0]
     assert _served_serial(info["app_paths"][app]["port"], info["app_paths"][app]["sni"], root_ctx) == serial(
         info["app_paths"][app]["frontend_crt"]), "app_leaf passed: its new cert is served"
-    assert changed(before, live_files(lab)) <= phase_files(lab)["app_leaf"] | phase_files(lab)["proxy_trust"]
+    assert changed(before, live_files(lab)) <= phase_files(lab)["app_leaf"] | phase_files(lab)["proxy_trust"] | bundle_files(lab)
     # The rollback restores what the RUN changed; the chain was broken under it (the run had
     # written it unchanged), so it stays broken and the proxy answers 502 until the fault is
     # removed. What the operator sees is the gate message above.
@@ -397,7 +397,7 @@ def test_restart_sealed_then_resetting_forwarder(throwaway_lab, tmp_path):
     assert_stopped_at(lab, proc, "restart", {"sealed"})
     status, seal = http_json(lab.vault_port, "GET", "/v1/sys/seal-status", _admin_ctx(lab))
     assert status == 200 and seal["sealed"] is True  # the admin identity still gets its answer
-    assert changed(before, live_files(lab)) <= phase_files(lab)["admin_cert"]
+    assert changed(before, live_files(lab)) <= phase_files(lab)["admin_cert"] | bundle_files(lab)
     assert lab.labctl("unseal").returncode == 0  # what the operator does next (or reruns with keys)
     admin_works(lab)
 
