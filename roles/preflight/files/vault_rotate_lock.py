@@ -22,8 +22,13 @@ OWNER = "owner.json"
 
 
 def _ansible_pid():
-    """pid of the ansible-playbook process that runs us (walk up /proc), else our parent."""
+    """pid of the ansible-playbook process that runs us (walk up /proc), else our parent.
+
+    The nearest ancestor named ansible-playbook is the per-task worker fork (same
+    cmdline), gone as soon as the task ends: that made every lock look stale at
+    once. Keep walking: the topmost ansible-playbook of the chain is the run."""
     pid = os.getppid()
+    found = None
     seen = 0
     while pid > 1 and seen < 20:
         try:
@@ -34,10 +39,12 @@ def _ansible_pid():
         except (OSError, ValueError, IndexError):
             break
         if any(os.path.basename(a.decode(errors="replace")).startswith("ansible-playbook") for a in argv[:3]):
-            return pid
+            found = pid
+        elif found:
+            break
         pid = parent
         seen += 1
-    return os.getppid()
+    return found or os.getppid()
 
 
 def _pid_alive(pid):
