@@ -590,7 +590,8 @@ class IdentityProbe(threading.Thread):
                 if err is None:
                     self.ok[name] = self.ok.get(name, 0) + 1
                 elif ("sealed" in err or "Refused" in err or "reset" in err.lower() or "503" in err
-                      or "502" in err or "EOF" in err or "timed out" in err):
+                      or "502" in err or "EOF" in err or "timed out" in err
+                      or "RemoteDisconnected" in err):  # Vault shutting down mid-request
                     self.window[name] = self.window.get(name, 0) + 1
                 elif isinstance(err, str) and "PEM" in err or "key values mismatch" in err:
                     self.window[name] = self.window.get(name, 0) + 1  # files half replaced: client side
