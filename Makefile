@@ -23,11 +23,12 @@ define run_pytest
 endef
 
 .PHONY: bench
-.PHONY: help bootstrap demo test lint ruff ansible-lint sanity unit integration lab-up lab-down lab-status clean distclean
+.PHONY: help bootstrap demo test test-faults lint ruff ansible-lint sanity unit integration lab-up lab-down lab-status clean distclean
 
 help:
 	@echo "make demo         bootstrap, lab up + state, rotate everything on it (rotate_all -l lab), state again"
-	@echo "make test         bootstrap, lint, then every pytest suite (unit, integration, molecule)"
+	@echo "make test         bootstrap, lint, then every pytest suite (unit, integration, molecule) but the fault suite"
+	@echo "make test-faults  the fault-injection suite (issue 5; ~25-40 min: too slow for make test yet)"
 	@echo "make lint         ruff + ansible-lint (production) + ansible-test sanity"
 	@echo "make sanity       ansible-test sanity only (offline, on a copy under .cache/)"
 	@echo "make unit         pytest tests/unit"
@@ -83,10 +84,15 @@ integration: bootstrap
 	@$(call run_pytest,tests --ignore=tests/unit)
 
 # Lint first (fail fast, about a minute), then one pytest session over every
-# suite so the run ends with one summary line for all of them.
+# suite so the run ends with one summary line for all of them. The fault
+# suite (marker `faults`, ~25 rotate_all runs) is left to `make test-faults`
+# until a rotation is fast enough to keep `make test` under 20 minutes.
 test: bootstrap
 	$(MAKE) --no-print-directory lint
-	@$(call run_pytest,tests)
+	@$(call run_pytest,tests -m "not faults")
+
+test-faults: bootstrap
+	@$(call run_pytest,tests -m faults)
 
 clean: lab-down
 	rm -rf .lab .cache tests/output .pytest_cache .ruff_cache
