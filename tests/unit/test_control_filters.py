@@ -11,14 +11,18 @@ if str(REPO / "collections") not in sys.path:
 
 from ansible_collections.privsec.vault_rotate.plugins.filter import report as f  # noqa: E402
 
-FUTURE = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def in_six_hours():
+    """Six hours from NOW (not from import time: a long pytest session would age it)."""
+    return (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def slot(name, phase, host, decision="rotate", action="planned", new=None, **extra):
     record = {
         "slot": name, "phase": phase, "host": host, "cert_path": "/x/%s.crt" % name,
         "decision": decision, "action": action, "reasons": ["due"],
-        "reason_text": "expires in 0.2 days", "old": {"serial": "0a:0b", "not_after": FUTURE,
+        "reason_text": "expires in 0.2 days", "old": {"serial": "0a:0b", "not_after": in_six_hours(),
                                                      "fingerprint_sha256": "aa:bb"},
         "new": new,
     }
@@ -42,8 +46,9 @@ def test_plan_table_orders_by_phase_and_counts():
 
 def test_report_build_allow_list_redaction_and_status():
     pem = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEI\n-----END EC PRIVATE KEY-----"
+    future = in_six_hours()
     record = slot("server_tls", "server_tls", "lab-vaultprod", action="rotated",
-                  new={"serial": "0c:0d", "not_after": FUTURE, "fingerprint_sha256": "cc:dd", "pem": pem},
+                  new={"serial": "0c:0d", "not_after": future, "fingerprint_sha256": "cc:dd", "pem": pem},
                   private_key=pem, token="hvs.CAESIJ0123456789abcdefghijklmnop")
     record["reason_text"] = "weird " + pem
     phases = [
@@ -59,7 +64,7 @@ def test_report_build_allow_list_redaction_and_status():
     assert "private_key" not in text and '"token"' not in text and '"pem"' not in text
     assert report["status"] == "failed"
     assert report["summary"]["failed_phase"] == "server_tls" and report["summary"]["rotated"] == 1
-    assert report["slots"][0]["new"] == {"serial": "0c:0d", "not_after": FUTURE, "fingerprint_sha256": "cc:dd"}
+    assert report["slots"][0]["new"] == {"serial": "0c:0d", "not_after": future, "fingerprint_sha256": "cc:dd"}
     assert report["phases"][0]["started"] == "2025-11-25T17:50:00Z"
     assert report["phases"][0]["duration_s"] == 3.0
     ok = f.report_build([record], phases[:1], {"env": "lab", "status": "auto"})
