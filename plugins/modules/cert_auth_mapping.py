@@ -27,14 +27,13 @@ version_added: 0.1.0
 author:
   - privsec platform engineering (@privsec)
 extends_documentation_fragment:
+  - privsec.vault_rotate.attributes
   - privsec.vault_rotate.connection
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reads the mapping (one request plus the login) and reports what would change; writes nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: The CA bundle is shown as a list of O(certificate) subject, serial and not_after, never as PEM.
 options:

@@ -30,16 +30,15 @@ version_added: 0.1.0
 author:
   - privsec platform engineering (@privsec)
 extends_documentation_fragment:
+  - privsec.vault_rotate.attributes
   - privsec.vault_rotate.files
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - O(step=csr) writes no key and returns RV(csr=null) when a new key would be generated.
       - O(step=install) and O(step=restore) check everything and write nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: The parsed certificate fields before and after (subject, serial, dates, names), never PEM.
 options:

@@ -22,14 +22,13 @@ version_added: 0.1.0
 author:
   - privsec platform engineering (@privsec)
 extends_documentation_fragment:
+  - privsec.vault_rotate.attributes
   - privsec.vault_rotate.connection
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Read only, runs the same in check mode.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   mount:

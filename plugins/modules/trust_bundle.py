@@ -22,13 +22,12 @@ version_added: 0.1.0
 author:
   - privsec platform engineering (@privsec)
 extends_documentation_fragment:
+  - privsec.vault_rotate.attributes
   - privsec.vault_rotate.files
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: One line per certificate (subject, serial, not_after) before and after, sorted.
 options:
