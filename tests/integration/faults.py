@@ -13,6 +13,9 @@ ACTION (fires on the first call only, STATE records it):
     skip           do nothing instead of REAL (the unit stays as it is)
     stop LABDIR UNIT   stop UNIT instead of REAL (it does not come back)
     bounce LABDIR SECONDS  stop Vault, start + unseal it SECONDS later in the background; REAL not run
+    restart-bg LABDIR SECONDS STAMP  stop Vault, return at once, start it (sealed) SECONDS later in
+                   the background and write the time it listens again to STAMP; REAL not run
+    drop-intermediate PEM  keep only the self-signed certs of a CA bundle file, then run REAL
     mapping LABDIR NAME JSON   overwrite cert-auth mapping NAME with JSON (root token), then run REAL
 """
 import json
@@ -85,6 +88,13 @@ def _fire(action, args):
         certs = [c for c in x509.load_pem_x509_certificates(path.read_bytes()) if c.subject != c.issuer]
         path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
         return True
+    if action == "drop-intermediate":
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        path = Path(args[0])
+        certs = [c for c in x509.load_pem_x509_certificates(path.read_bytes()) if c.subject == c.issuer]
+        path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+        return True
     if action == "skip":
         return False
     if action == "stop":
@@ -96,6 +106,16 @@ def _fire(action, args):
         code = ("import time,sys; sys.path.insert(0, %r); import faults; time.sleep(%f); "
                 "faults._labctl(%r, 'unit', 'container-vaultprod', 'start'); faults._labctl(%r, 'unseal')"
                 % (str(HERE), seconds, labdir, labdir))
+        subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+        return False
+    if action == "restart-bg":
+        labdir, seconds, stamp = args[0], float(args[1]), args[2]
+        _labctl(labdir, "unit", "container-vaultprod", "stop")
+        code = ("import time,sys; sys.path.insert(0, %r); import faults; time.sleep(%f); "
+                "faults._labctl(%r, 'unit', 'container-vaultprod', 'start'); "
+                "open(%r, 'w').write('%%f' %% time.time())"
+                % (str(HERE), seconds, labdir, stamp))
         subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
         return False
@@ -221,6 +241,7 @@ class ResettingForwarder(threading.Thread):
         self.sock.listen(64)
         self.stopped = threading.Event()
         self.forwarded, self.resets = 0, 0
+        self.last_reset = self.first_forward_after_reset = None
 
     def run(self):
         self.sock.settimeout(0.2)
@@ -236,10 +257,13 @@ class ResettingForwarder(threading.Thread):
             backend = socket.create_connection(("127.0.0.1", self.backend_port), timeout=2)
         except OSError:
             self.resets += 1
+            self.last_reset = time.time()
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             client.close()
             return
         self.forwarded += 1
+        if self.resets and self.first_forward_after_reset is None:
+            self.first_forward_after_reset = time.time()
         pair = {client: backend, backend: client}
         try:
             while not self.stopped.is_set():

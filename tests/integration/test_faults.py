@@ -234,6 +234,51 @@ def test_listener_key_mismatch_then_wrong_name(throwaway_lab, tmp_path):
 # 4 + 5. agent_login: CA bundle without the intermediate, mapping changed under the run
 # ---------------------------------------------------------------------------
 
+def test_client_ca_bundle_lacks_intermediate(throwaway_lab, tmp_path):
+    """4. The CA bundle the run hands to the listener for its clients (server_tls's client CA
+    file, ca_chain.pem) loses the intermediate under the run (one-shot at the listener reload:
+    another tool rewrites it root-only). Every client cert is a bare leaf signed by the
+    intermediate: with that bundle no client can complete mTLS once Vault reloads its client CA
+    (the restart). The run must stop before handing Vault that bundle, and leave Vault usable."""
+    lab = throwaway_lab()
+    info = lab.info
+    keys = json.loads((lab.dir / "secrets" / "init.json").read_text())["keys_base64"]
+    unseal = tmp_path / "unseal.json"
+    fd = os.open(str(unseal), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"vault_rotate_unseal_keys": keys}, fh)
+    chain = info["paths"]["ca_chain"]
+    chain_before = Path(chain).read_bytes()
+    old_listener = serial(info["paths"]["server_crt"])
+    reload = faults.once_command(tmp_path / "ca.state", ["drop-intermediate", chain],
+                                 info["units"]["container-vaultprod"]["commands"]["reload"])
+    before = live_files(lab)
+    proc = _ansible(lab, PLAYBOOK, *QUICK, "-e", "@%s" % unseal, *force("server_tls"),
+                    *ev(vault_rotate_service_commands=faults.unit_commands(info, "container-vaultprod", "reload",
+                                                                           reload),
+                        vault_rotate_restart_vault="always", restart_wait_timeout=15))
+    assert (tmp_path / "ca.state").exists(), "the fault did not fire"
+    print("client CA bundle after the run: %d cert(s), before: %d"
+          % (Path(chain).read_bytes().count(b"BEGIN CERTIFICATE"), chain_before.count(b"BEGIN CERTIFICATE")))
+    gate, klass, msg, nxt = assert_stopped_at(lab, proc, "server_tls", {"client_ca_incomplete"})
+    assert "client CA file" in msg and "does not verify the admin client cert" in msg, msg
+    assert serial(info["paths"]["server_crt"]) == old_listener
+    from cryptography import x509
+    certs = lambda data: {c.fingerprint(c.signature_hash_algorithm) for c in x509.load_pem_x509_certificates(data)}  # noqa: E731
+    assert certs(Path(chain).read_bytes()) == certs(chain_before), "the client CA bundle was not restored"
+    assert _served_serial(lab.vault_port, SNI, _admin_ctx(lab)) == old_listener
+    admin_works(lab)
+    status, _ = agent_login(lab, info["apps"][0])
+    assert status == 200
+    assert changed(before, live_files(lab)) <= phase_files(lab)["server_tls"]
+
+    again = _ansible(lab, PLAYBOOK, *QUICK, "-e", "@%s" % unseal, *force("server_tls"),
+                     *ev(vault_rotate_restart_vault="always"))
+    assert_all_green(lab, again)
+    assert _served_serial(lab.vault_port, SNI, _admin_ctx(lab)) == serial(info["paths"]["server_crt"]) != old_listener
+    admin_works(lab)
+
+
 def test_agent_mapping_wrong_policies_and_cn(throwaway_lab, tmp_path):
     """5. Between the run writing the agent mapping and the agent's restart, the mapping of
     ncprd1 gets other policies (another tool rewrites it): the exact-policy login gate fails."""
@@ -401,24 +446,70 @@ def test_restart_sealed_then_resetting_forwarder(throwaway_lab, tmp_path):
     assert lab.labctl("unseal").returncode == 0  # what the operator does next (or reruns with keys)
     admin_works(lab)
 
-    # 11. Vault behind a forwarder that accepts and RESETS while Vault is down (errno 104):
-    # readiness must take the reset as "not ready yet", unseal, and the run passes.
-    fwd = faults.ResettingForwarder(lab.vault_port)
-    fwd.start()
+    # 11. Vault behind a forwarder that accepts and RESETS while Vault is down (errno 104). The
+    # restart returns at once (stop; start in the background 4 s later, like a container
+    # runtime that returns before the server listens), so the readiness wait meets the resets:
+    # it must take them as "not ready yet", unseal, and the run passes.
     unseal = tmp_path / "unseal.json"
     fd = os.open(str(unseal), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump({"vault_rotate_unseal_keys": keys}, fh)
-    try:
-        again = _ansible(lab, PLAYBOOK, *QUICK, "-e", "@%s" % unseal,
-                         *ev(vault_rotate_restart_vault="always",
-                             vault_rotate_vault_url="https://127.0.0.1:%d" % fwd.port))
-    finally:
-        fwd.stop()
+    delay = 4.0
+    again, fwd, listening = _restart_behind_forwarder(lab, tmp_path, "rst", delay, "-e", "@%s" % unseal)
     print("forwarder: %d forwarded, %d reset while the backend was down" % (fwd.forwarded, fwd.resets))
     assert_all_green(lab, again)
     assert fwd.resets > 0, "Vault never was down behind the forwarder: the fault did not happen"
+    extra = report(lab)["extra"]
+    print("restart readiness: %s s after the restart began (Vault listened again after ~%.0f s), "
+          "unsealed by the run: %s" % (extra["restart_readiness_s"], delay, extra["restart_unsealed_by_run"]))
+    # ready was not declared before Vault was: the wait outlived the down time, the run itself
+    # unsealed the Vault that came back sealed, and no request went through before it listened
+    assert float(extra["restart_readiness_s"]) >= delay, extra
+    assert extra["restart_unsealed_by_run"] in (True, "True", "true"), extra
+    assert listening is not None and fwd.last_reset <= listening + 0.5, (fwd.last_reset, listening)
+    assert fwd.first_forward_after_reset is not None and fwd.first_forward_after_reset >= fwd.last_reset
     admin_works(lab)
+
+    # 11b. The resets never stop within the wait (Vault needs 25 s, the wait is 6 s): the
+    # restart gate fails with the reset class and says what to check.
+    before = live_files(lab)
+    proc, fwd, listening = _restart_behind_forwarder(lab, tmp_path, "rst-long", 25.0, "-e", "@%s" % unseal,
+                                                     *ev(restart_wait_timeout=6))
+    gate, klass, msg, nxt = assert_stopped_at(lab, proc, "restart", {"reset"})
+    assert fwd.resets > 0
+    assert "no TLS session after 6 s" in msg and "reset" in msg, msg
+    assert "did not start listening" in nxt, nxt
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "rst-long.listening").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert lab.labctl("unseal").returncode == 0  # what the operator does once Vault is up
+    admin_works(lab)
+    assert changed(before, live_files(lab)) == set()
+
+
+def _restart_behind_forwarder(lab, tmp_path, name, delay, *extra):
+    """rotate_all with a forced restart whose command returns at once (Vault starts `delay` s
+    later), Vault's URL through a ResettingForwarder. Returns (proc, forwarder, listening epoch)."""
+    info = lab.info
+    unit = "container-vaultprod"
+    stamp = tmp_path / ("%s.listening" % name)
+    restart = faults.once_command(tmp_path / ("%s.state" % name), ["restart-bg", str(lab.dir), delay, stamp],
+                                  info["units"][unit]["commands"]["restart"])
+    fwd = faults.ResettingForwarder(lab.vault_port)
+    fwd.start()
+    try:
+        proc = _ansible(lab, PLAYBOOK, *QUICK, *extra,
+                        *ev(vault_rotate_restart_vault="always",
+                            vault_rotate_vault_url="https://127.0.0.1:%d" % fwd.port,
+                            vault_rotate_service_commands=faults.unit_commands(info, unit, "restart", restart)))
+        deadline = time.monotonic() + delay + 30
+        while not stamp.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        fwd.stop()
+    assert (tmp_path / ("%s.state" % name)).exists(), "the restart fault did not fire"
+    listening = float(stamp.read_text()) if stamp.exists() else None
+    return proc, fwd, listening
 
 
 # ---------------------------------------------------------------------------
@@ -616,6 +707,10 @@ def test_ca_rollover_without_lockout(throwaway_lab, tmp_path):
     unseal = _unseal_vars(lab, tmp_path)
     status, data = lab.lab.api("GET", "/v1/pki-prod/config/issuers", token=lab.root_token())
     g1_id = data["data"]["default"]
+    status, data = lab.lab.api("GET", "/v1/pki-prod/issuer/%s" % g1_id, token=lab.root_token())
+    assert status == 200, (status, data)
+    from cryptography import x509
+    g1 = x509.load_pem_x509_certificate(data["data"]["certificate"].encode())
     g2_id, g2 = _add_issuer(lab)
     probe = IdentityProbe(lab)
     probe.start()
@@ -639,9 +734,14 @@ def test_ca_rollover_without_lockout(throwaway_lab, tmp_path):
     assert all(probe.ok.get(n, 0) > 5 for n in ["admin", "proxy"] + ["agent-%s" % a for a in
                                                                         info["apps"] + [info["proxy_app"]]]), probe.ok
     assert probe.lockouts == [], probe.lockouts[:10]
-    g1_subjects = {c.subject for c in [_cert(info["paths"]["int_crt"])]} if "int_crt" in info["paths"] else set()
-    for path in [info["paths"]["ca_chain"]] + [info["app_paths"][a]["ca"] for a in info["apps"] + [info["proxy_app"]]]:
-        subjects = {c.subject for c in __import__("cryptography.x509", fromlist=["x"]).load_pem_x509_certificates(
-            Path(path).read_bytes())}
-        assert g2.subject in subjects and not (g1_subjects & subjects), path
+    from cryptography import x509
+    bundles = [info["paths"]["admin_issuing_ca"], info["paths"]["ca_chain"],
+               info["app_paths"][info["proxy_app"]]["current_ca_chain"]]
+    bundles += [info["app_paths"][a]["ca"] for a in info["apps"] + [info["proxy_app"]]]
+    for path in bundles:
+        subjects = {c.subject for c in x509.load_pem_x509_certificates(Path(path).read_bytes())}
+        print("%s: %s" % (Path(path).relative_to(lab.dir), sorted(s.rfc4514_string() for s in subjects)))
+        assert g1.subject not in subjects, "%s still trusts G1 after G1 left Vault" % path
+        assert g2.subject in subjects, "%s does not trust G2" % path
+    assert g1.subject != g2.subject
     admin_works(lab)
