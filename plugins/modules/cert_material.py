@@ -9,7 +9,7 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 module: cert_material
-short_description: Inspect, key and CSR, install and restore the certificate files of one slot on its host
+short_description: Inspect, key and CSR, install and restore the certificate files of a slot on its host
 description:
   - Runs on the host that owns the files of one certificate (a slot), that is its private key, certificate,
     fullchain (leaf + intermediates) and CA chain file.
@@ -17,6 +17,12 @@ description:
     (V(missing), V(unparsable), V(key_missing), V(key_mismatch), V(expired), V(due), V(cn_differs),
     V(san_differs), V(issuer_untrusted), V(fullchain_mismatch), V(forced)). A broken or missing file is
     data (RV(rotate=true)), not a failure. Never changes anything.
+  - O(step=inspect) with O(slots) inspects several slots of this host in one call (one result per slot in
+    RV(slots)), for a plan of every slot without one module call per slot.
+  - O(step=prepare) is O(step=inspect) followed, only when the slot is due (RV(rotate=true)), by what
+    O(step=csr) does, in the same call - one module call less per rotated slot. The key handling is that
+    of O(step=csr), except that O(force) only forces the decision; an existing valid staged key of the
+    wanted type is reused even then.
   - O(step=csr) generates a new private key on this host, staged as C(<key_path>.next) (mode O(key_mode)),
     and returns a certificate signing request. The key never leaves the host. An existing valid staged
     key of the wanted type is reused.
@@ -36,7 +42,8 @@ attributes:
   check_mode:
     support: full
     details:
-      - O(step=csr) writes no key and returns RV(csr=null) when a new key would be generated.
+      - O(step=csr) and O(step=prepare) write no key and return RV(csr=null) when a new key would be generated.
+      - O(step=inspect) and the decision of O(step=prepare) are the same as outside check mode.
       - O(step=install) and O(step=restore) check everything and write nothing.
   diff_mode:
     support: full
@@ -47,17 +54,69 @@ options:
       - What to do, see the description.
     type: str
     required: true
-    choices: [inspect, csr, install, restore]
+    choices: [inspect, prepare, csr, install, restore]
   cert_path:
     description:
       - Path of the certificate file (the leaf alone, PEM), for example C(/home/vaultprod/tls-prod/server.crt).
+      - Required, except with O(slots) (which must not be given with it).
     type: path
-    required: true
   key_path:
     description:
       - Path of the private key file (PEM). The staged key of O(step=csr) is C(<key_path>.next).
+      - Required, except with O(slots) (which must not be given with it).
     type: path
-    required: true
+  slots:
+    description:
+      - With O(step=inspect) only - several slots of this host inspected in one call, each as a dict of the
+        inspect options below. The result is RV(slots), one inspect result per slot, in the same order.
+      - Mutually exclusive with O(cert_path) and O(key_path).
+    type: list
+    elements: dict
+    version_added: 0.2.0
+    suboptions:
+      name:
+        description: Id of the slot, returned as is in its result (for example C(app_leaf/ncprd1)).
+        type: str
+        required: true
+      cert_path:
+        description: As O(cert_path).
+        type: path
+        required: true
+      key_path:
+        description: As O(key_path).
+        type: path
+        required: true
+      fullchain_path:
+        description: As O(fullchain_path).
+        type: path
+      chain_path:
+        description: As O(chain_path).
+        type: path
+      common_name:
+        description: As O(common_name).
+        type: str
+      dns_names:
+        description: As O(dns_names) (not compared when not set).
+        type: list
+        elements: str
+      ip_addresses:
+        description: As O(ip_addresses) (not compared when not set).
+        type: list
+        elements: str
+      ca_bundle:
+        description: As O(ca_bundle); the top-level O(ca_bundle) when not set.
+        type: str
+      renew_fraction:
+        description: As O(renew_fraction).
+        type: float
+        default: 0.6667
+      renew_before:
+        description: As O(renew_before).
+        type: str
+      force:
+        description: As O(force).
+        type: bool
+        default: false
   fullchain_path:
     description:
       - Optional path of a fullchain file written with the pair, holding the leaf followed by the intermediate CA
@@ -71,8 +130,8 @@ options:
     type: path
   common_name:
     description:
-      - Wanted common name. O(step=inspect) reports V(cn_differs); O(step=csr) puts it in the CSR (required
-        there); O(step=install) refuses a certificate with another common name.
+      - Wanted common name. O(step=inspect) reports V(cn_differs); O(step=csr) and O(step=prepare) put it in the
+        CSR (required there); O(step=install) refuses a certificate with another common name.
     type: str
   dns_names:
     description:
@@ -106,18 +165,19 @@ options:
     type: str
   force:
     description:
-      - Rotate whatever the state (reason V(forced)); O(step=csr) also replaces a staged key.
+      - Rotate whatever the state (reason V(forced)); O(step=csr) also replaces a staged key
+        (O(step=prepare) does not).
     type: bool
     default: false
   key_type:
     description:
-      - Type of the key generated by O(step=csr).
+      - Type of the key generated by O(step=csr) and O(step=prepare).
     type: str
     choices: [ec, rsa]
     default: ec
   key_size:
     description:
-      - Key size for O(step=csr). RSA - V(2048), V(3072) or V(4096) (default V(2048)). EC - V(256) (P-256, default)
+      - Key size for O(step=csr) and O(step=prepare). RSA - V(2048), V(3072) or V(4096) (default V(2048)). EC - V(256) (P-256, default)
         or V(384) (P-384).
     type: int
   certificate:
@@ -153,8 +213,9 @@ options:
         after a failure BEFORE the install from putting back an older generation.
     type: str
 notes:
-  - The default flow of the collection is C(inspect) -> C(csr) -> M(privsec.vault_rotate.pki_cert) (sign on the
-    controller) -> C(install) -> reload -> gate, and C(restore) when the gate fails.
+  - The default flow of the collection is C(prepare) (C(inspect), and C(csr) when due) -> M(privsec.vault_rotate.pki_cert)
+    (sign on the controller) -> C(install) -> reload -> gate, and C(restore) when the gate fails. The plan of a run
+    inspects every slot of a host with one O(slots) call.
   - Requires the Python C(cryptography) library on the host that owns the files.
 seealso:
   - module: privsec.vault_rotate.pki_cert
@@ -187,6 +248,39 @@ EXAMPLES = r"""
   register: agent_csr
   when: agent_state.rotate
 
+- name: Inspect, and only when due make a key and CSR, in one call
+  privsec.vault_rotate.cert_material:
+    step: prepare
+    cert_path: /home/ncprd1/nginx/tls/frontend.crt
+    key_path: /home/ncprd1/nginx/tls/frontend.key
+    fullchain_path: /home/ncprd1/nginx/tls/frontend.fullchain.pem
+    common_name: ncprd1.prod.privsec.ch
+    dns_names: [ncprd1.prod.privsec.ch]
+    ca_bundle: "{{ issuers.ca_bundle }}"
+    owner: ncprd1
+    group: ncprd1
+  register: frontend
+  # frontend.rotate, frontend.reasons as with step=inspect; frontend.csr when frontend.rotate
+
+- name: Inspect every slot of this host in one call (the plan)
+  privsec.vault_rotate.cert_material:
+    step: inspect
+    slots:
+      - name: agent_login/ncprd1
+        cert_path: /home/ncprd1/vault/mtls/agent.crt
+        key_path: /home/ncprd1/vault/mtls/agent.key
+        common_name: agent-ncprd1.prod.privsec.ch
+        dns_names: [agent-ncprd1.prod.privsec.ch]
+      - name: app_leaf/ncprd1
+        cert_path: /home/ncprd1/nginx/tls/frontend.crt
+        key_path: /home/ncprd1/nginx/tls/frontend.key
+        fullchain_path: /home/ncprd1/nginx/tls/frontend.fullchain.pem
+        common_name: ncprd1.prod.privsec.ch
+        dns_names: [ncprd1.prod.privsec.ch]
+    ca_bundle: "{{ issuers.ca_bundle }}"
+  register: plan
+  # plan.slots[0].name == 'agent_login/ncprd1', plan.slots[0].rotate, plan.slots[0].reasons, ...
+
 - name: Install key and certificate as one group, keeping the old ones as .prev
   privsec.vault_rotate.cert_material:
     step: install
@@ -214,78 +308,90 @@ EXAMPLES = r"""
 
 RETURN = r"""
 rotate:
-  description: O(step=inspect) - whether the slot needs a new certificate.
-  returned: step=inspect
+  description: O(step=inspect) / O(step=prepare) - whether the slot needs a new certificate; with O(slots), whether any does.
+  returned: step=inspect, step=prepare
   type: bool
 reasons:
   description: O(step=inspect) - reason codes, V(valid) alone when the certificate is kept.
-  returned: step=inspect
+  returned: step=inspect (without O(slots)), step=prepare
   type: list
   elements: str
   sample: [due, san_differs]
 reason_text:
   description: O(step=inspect) - one sentence per reason, for task names and reports.
-  returned: step=inspect
+  returned: step=inspect (without O(slots)), step=prepare
   type: list
   elements: str
   sample: ["expires in 2.5 days, within the renew window of 3 days"]
 summary:
   description: O(step=inspect) - the decision in one line.
-  returned: step=inspect
+  returned: step=inspect (without O(slots)), step=prepare
   type: str
   sample: "keep: valid: expires in 25 days, due in 15 days"
 due_at:
   description: O(step=inspect) - when the installed certificate becomes due (ISO 8601 UTC), null without one.
-  returned: step=inspect
+  returned: step=inspect (without O(slots)), step=prepare
   type: str
 exists:
   description: O(step=inspect) - whether the certificate file exists.
-  returned: step=inspect
+  returned: step=inspect (without O(slots)), step=prepare
   type: bool
 current:
   description:
     - O(step=inspect) - the installed certificate (serial, fingerprint_sha256, subject, issuer, common_name,
       dns_names, ip_addresses, not_before, not_after, days_left, lifetime_days, is_ca, key_type, key_size)
       plus C(key_matches) (true, false, or null when there is no key). Null when missing or unparsable.
-  returned: step=inspect
+  returned: step=inspect (without O(slots)), step=prepare
   type: dict
 parse_error:
   description: O(step=inspect) - why the certificate file does not parse.
-  returned: step=inspect, when unparsable
+  returned: step=inspect (without O(slots)), step=prepare, when unparsable
   type: str
 chain:
   description: O(step=inspect) - the certificates of the chain file (subject, serial, not_after).
-  returned: step=inspect
+  returned: step=inspect (without O(slots)), step=prepare
   type: list
   elements: dict
 chain_verified:
   description: O(step=inspect) - whether the installed certificate chains to O(ca_bundle) now (null without one).
-  returned: step=inspect
+  returned: step=inspect (without O(slots)), step=prepare
   type: bool
 chain_problem:
   description: O(step=inspect) - what breaks the chain when RV(chain_verified) is false.
-  returned: step=inspect
+  returned: step=inspect (without O(slots)), step=prepare
   type: str
 staged_key:
   description: Whether a staged key C(<key_path>.next) exists (after the step).
-  returned: always
+  returned: always, except with O(slots) (there, in each result of RV(slots))
   type: bool
 files:
   description: O(step=inspect) - per file path, C(exists), C(mode), C(owner), C(group).
-  returned: step=inspect
+  returned: step=inspect (without O(slots)), step=prepare
   type: dict
 csr:
-  description: O(step=csr) - PEM of the certificate signing request. Null in check mode when a key would be generated.
-  returned: step=csr
+  description:
+    - O(step=csr) / O(step=prepare) - PEM of the certificate signing request. Null in check mode when a key would be
+      generated, and with O(step=prepare) when the slot is not due.
+  returned: step=csr, step=prepare
   type: str
 staged_key_path:
-  description: O(step=csr) - path of the staged private key.
-  returned: step=csr
+  description: O(step=csr) / O(step=prepare) - path of the staged private key.
+  returned: step=csr, step=prepare when due
   type: str
 key_type:
-  description: O(step=csr) - type and size of the staged key, for example V(ec-256), V(rsa-2048).
-  returned: step=csr
+  description: O(step=csr) / O(step=prepare) - type and size of the staged key, for example V(ec-256), V(rsa-2048).
+  returned: step=csr, step=prepare when due
   type: str
+slots:
+  description:
+    - O(step=inspect) with O(slots) - one result per slot, in the order given, each with C(name) (as given) and
+      every key O(step=inspect) returns for one slot (RV(rotate), RV(reasons), RV(reason_text), RV(summary),
+      RV(due_at), RV(exists), RV(current), RV(chain), RV(chain_verified), RV(chain_problem), RV(staged_key),
+      RV(files), and C(parse_error) / C(key_problem) when there is one).
+  returned: step=inspect with slots
+  type: list
+  elements: dict
+  version_added: 0.2.0
 before:
   description: O(step=install) / O(step=restore) - the certificate installed before (fields of RV(current)), null if none.
   returned: step=install, step=restore
@@ -357,9 +463,9 @@ NOT_BEFORE_SKEW = datetime.timedelta(minutes=5)
 class Material(object):
     """The files of one slot and what the module knows about them."""
 
-    def __init__(self, module):
+    def __init__(self, module, params=None):
         self.module = module
-        self.params = module.params
+        self.params = module.params if params is None else params
         self.cert_path = self.params["cert_path"]
         self.key_path = self.params["key_path"]
         self.staged_path = self.key_path + STAGED_SUFFIX
@@ -485,12 +591,14 @@ class Material(object):
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode("ascii")
 
-    def csr(self):
+    def csr(self, replace_staged=None):
         if not self.params.get("common_name"):
-            raise RotateError("bad_input", "step=csr needs common_name")
+            raise RotateError("bad_input", "step=%s needs common_name" % self.params["step"])
+        if replace_staged is None:
+            replace_staged = self.params["force"]
         key_type, size = self.wanted_key()
         staged, problem = self.read_key(self.staged_path)
-        reuse = staged is not None and not self.params["force"] and \
+        reuse = staged is not None and not replace_staged and \
             _x509.key_description(staged)[:2] == (key_type, size)
         result = dict(staged_key_path=self.staged_path, key_type="%s-%s" % (key_type, size))
         if reuse:
@@ -506,6 +614,18 @@ class Material(object):
         result.update(changed=True, csr=self.build_csr(key), staged_key=True, reused=False)
         if problem:
             result["replaced_staged_key"] = problem
+        return result
+
+    # ---------------------------------------------------------- prepare
+
+    def prepare(self):
+        """inspect, then (only when due) csr in the same call; a kept slot changes nothing."""
+        result = self.inspect()
+        if not result["rotate"]:
+            result["csr"] = None
+            return result
+        made = self.csr(replace_staged=False)
+        result.update(made)
         return result
 
     # ---------------------------------------------------------- install
@@ -660,12 +780,39 @@ def _diff(result):
     return {"before": before or {}, "after": after or {}}
 
 
+def _slot_params(params, slot):
+    """The module parameters of one entry of slots (inspect options only; ca_bundle falls back to the top level)."""
+    merged = dict(params)
+    merged.update((k, v) for k, v in slot.items() if k != "name")
+    if not slot.get("ca_bundle"):
+        merged["ca_bundle"] = params.get("ca_bundle")
+    merged["slots"] = None
+    return merged
+
+
+SLOT_OPTIONS = dict(
+    name=dict(type="str", required=True),
+    cert_path=dict(type="path", required=True),
+    key_path=dict(type="path", required=True),
+    fullchain_path=dict(type="path"),
+    chain_path=dict(type="path"),
+    common_name=dict(type="str"),
+    dns_names=dict(type="list", elements="str"),
+    ip_addresses=dict(type="list", elements="str"),
+    ca_bundle=dict(type="str"),
+    renew_fraction=dict(type="float", default=0.6667),
+    renew_before=dict(type="str"),
+    force=dict(type="bool", default=False),
+)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            step=dict(type="str", required=True, choices=["inspect", "csr", "install", "restore"]),
-            cert_path=dict(type="path", required=True),
-            key_path=dict(type="path", required=True),
+            step=dict(type="str", required=True, choices=["inspect", "prepare", "csr", "install", "restore"]),
+            cert_path=dict(type="path"),
+            key_path=dict(type="path"),
+            slots=dict(type="list", elements="dict", options=SLOT_OPTIONS),
             fullchain_path=dict(type="path"),
             chain_path=dict(type="path"),
             common_name=dict(type="str"),
@@ -687,20 +834,37 @@ def main():
             backup=dict(type="bool", default=True),
             expect_serial=dict(type="str"),
         ),
-        required_if=[("step", "csr", ("common_name",))],
+        required_if=[("step", "csr", ("common_name",)), ("step", "prepare", ("common_name",))],
+        required_one_of=[("cert_path", "slots")],
+        required_together=[("cert_path", "key_path")],
+        mutually_exclusive=[("cert_path", "slots"), ("key_path", "slots")],
         supports_check_mode=True,
     )
     if not _x509.HAS_CRYPTOGRAPHY:
         module.fail_json(msg=missing_required_lib("cryptography"), exception=_x509.CRYPTOGRAPHY_IMPORT_ERROR)
     step = module.params["step"]
-    material = Material(module)
+    slot_name = None
     try:
         _files.parse_mode(module.params["key_mode"])
         _files.parse_mode(module.params["cert_mode"])
-        result = getattr(material, step)()
+        if module.params.get("slots") is not None:
+            if step != "inspect":
+                raise RotateError("bad_input", "slots is only for step=inspect, not step=%s" % step,
+                                  hint="inspect several slots with step=inspect, then run the other steps per slot")
+            results = []
+            for slot in module.params["slots"]:
+                slot_name = slot["name"]
+                results.append(dict(Material(module, _slot_params(module.params, slot)).inspect(), name=slot_name))
+            slot_name = None
+            result = dict(changed=False, slots=results, rotate=any(r["rotate"] for r in results))
+        else:
+            result = getattr(Material(module), step)()
     except RotateError as err:
         output = err.as_result()
         msg = output.pop("msg")
+        if slot_name is not None:
+            msg = "slot %s: %s" % (slot_name, msg)
+            output["slot"] = slot_name
         if err.hint:
             msg = "%s. Next: %s" % (msg.rstrip("."), err.hint)
         module.fail_json(msg=msg, step=step, **output)

@@ -279,6 +279,125 @@ def test_private_key_never_in_output(pki, slot):
     assert body not in repr(res)
 
 
+def test_prepare_keeps_a_valid_slot_and_writes_nothing(pki, slot):
+    install_initial(pki, slot)
+    folder = os.path.dirname(slot["cert_path"])
+    before = snapshot(folder)
+    res = ok(cm(dict(slot, step="prepare", ca_bundle=pki.chain_pem)))
+    assert res["changed"] is False and res["rotate"] is False and res["reasons"] == ["valid"]
+    assert res["csr"] is None and "staged_key_path" not in res
+    assert res["current"]["key_matches"] is True and res["chain_verified"] is True
+    assert snapshot(folder) == before
+
+
+def test_prepare_due_slot_stages_key_and_csr_in_one_call(pki, slot):
+    old_start = datetime.datetime.now(UTC) - datetime.timedelta(days=25)
+    install_initial(pki, slot, days=30, not_before=old_start)
+    folder = os.path.dirname(slot["cert_path"])
+    staged = slot["key_path"] + ".next"
+
+    # check mode: the same decision, no key written, no CSR
+    before = snapshot(folder)
+    dry = ok(cm(dict(slot, step="prepare", ca_bundle=pki.chain_pem), check=True))
+    assert dry["rotate"] is True and dry["reasons"] == ["due"]
+    assert dry["changed"] is True and dry["csr"] is None and dry["staged_key"] is False
+    assert snapshot(folder) == before
+
+    # for real: inspect result + a CSR of a new staged key (0600), the key itself nowhere in the output
+    res = ok(cm(dict(slot, step="prepare", ca_bundle=pki.chain_pem)))
+    assert res["rotate"] is True and res["reasons"] == ["due"] and res["reason_text"][0].startswith("expires in 5 days")
+    assert res["current"]["serial"] == before_serial(pki, before, slot)
+    assert res["changed"] is True and res["reused"] is False and res["staged_key"] is True
+    assert res["staged_key_path"] == staged and res["key_type"] == "ec-256"
+    assert stat.S_IMODE(os.stat(staged).st_mode) == 0o600
+    with open(staged) as fh:
+        staged_pem = fh.read()
+    assert staged_pem.splitlines()[1] not in repr(res)
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    csr = x509.load_pem_x509_csr(res["csr"].encode())
+    staged_key = serialization.load_pem_private_key(staged_pem.encode(), None)
+    assert csr.public_key() == staged_key.public_key()
+    assert csr.subject.rfc4514_string() == "CN=" + CN
+    # the installed files are untouched until install
+    after = snapshot(folder)
+    assert {k: v for k, v in after.items() if k != "agent.key.next"} == before
+
+    # forced: the decision is forced, the valid staged key is reused (not replaced)
+    again = ok(cm(dict(slot, step="prepare", force=True)))
+    assert again["reasons"] == ["forced", "due"] and again["reused"] is True and again["changed"] is False
+    assert x509.load_pem_x509_csr(again["csr"].encode()).public_key() == staged_key.public_key()
+
+    # the CSR signed and installed with step=install: the slot is kept afterwards
+    new_cert = pki.sign_csr(res["csr"], days=30)
+    installed = ok(cm(dict(slot, step="install", certificate=pem(new_cert), chain=[pem(pki.intermediate), pem(pki.root)],
+                           ca_bundle=pki.chain_pem)))
+    assert installed["key_source"] == "staged" and not os.path.exists(staged)
+    keep = ok(cm(dict(slot, step="prepare", ca_bundle=pki.chain_pem)))
+    assert keep["rotate"] is False and keep["changed"] is False and keep["csr"] is None
+
+
+def before_serial(pki, snap, slot):
+    from cryptography import x509
+    return format_serial(x509.load_pem_x509_certificate(snap[os.path.basename(slot["cert_path"])][0]).serial_number)
+
+
+def test_prepare_missing_cert_and_bad_input(slot):
+    res = ok(cm(dict(slot, step="prepare")))
+    assert res["reasons"] == ["missing"] and res["csr"].startswith("-----BEGIN CERTIFICATE REQUEST")
+    nocn = {k: v for k, v in slot.items() if k != "common_name"}
+    failed = cm(dict(nocn, step="prepare"))
+    assert failed["failed"] and "common_name" in failed["msg"]
+
+
+def test_inspect_slots_one_call_for_several_slots(pki, slot, tmp_path):
+    install_initial(pki, slot)
+    other = tmp_path / "other"
+    other.mkdir()
+    due_start = datetime.datetime.now(UTC) - datetime.timedelta(days=25)
+    other_slot = dict(slot, cert_path=str(other / "a.crt"), key_path=str(other / "a.key"),
+                      fullchain_path=str(other / "a.fullchain.pem"), chain_path=str(other / "ca.pem"))
+    install_initial(pki, other_slot, days=30, not_before=due_start)
+    missing = {"name": "c", "cert_path": str(tmp_path / "none.crt"), "key_path": str(tmp_path / "none.key"),
+               "common_name": CN}
+    folders = [os.path.dirname(slot["cert_path"]), str(other)]
+    before = [snapshot(f) for f in folders]
+    slots = [dict(slot, name="a"), dict(other_slot, name="b", dns_names=[CN, "extra.example"]), missing]
+    res = ok(cm({"step": "inspect", "slots": slots, "ca_bundle": pki.chain_pem}))
+    assert res["changed"] is False and res["rotate"] is True
+    assert [r["name"] for r in res["slots"]] == ["a", "b", "c"]
+    a, b, c = res["slots"]
+    # each result is what step=inspect returns for that slot alone
+    single = ok(cm(dict(slot, step="inspect", ca_bundle=pki.chain_pem)))
+    for key in ("rotate", "reasons", "reason_text", "current", "chain_verified", "staged_key", "files", "exists"):
+        assert a[key] == single[key], key
+    assert a["reasons"] == ["valid"] and a["chain_verified"] is True
+    assert b["reasons"] == ["due", "san_differs"] and "extra.example" in b["reason_text"][1]
+    assert c["reasons"] == ["missing"] and c["current"] is None
+    # a slot's own ca_bundle wins over the top-level one
+    foreign = PKI("foreign")
+    res = ok(cm({"step": "inspect", "ca_bundle": pki.chain_pem,
+                 "slots": [dict(slot, name="a", ca_bundle=foreign.chain_pem), dict(slot, name="a2")]}))
+    assert res["slots"][0]["reasons"] == ["issuer_untrusted"] and res["slots"][1]["reasons"] == ["valid"]
+    # check mode: same results; nothing written either way
+    dry = ok(cm({"step": "inspect", "slots": slots, "ca_bundle": pki.chain_pem}, check=True))
+    assert [r["reasons"] for r in dry["slots"]] == [r["reasons"] for r in (a, b, c)]
+    assert [snapshot(f) for f in folders] == before
+    assert not os.path.exists(missing["cert_path"])
+
+
+def test_inspect_slots_refuses_wrong_use(slot):
+    both = cm(dict(slot, step="inspect", slots=[dict(slot, name="a")]))
+    assert both["failed"] and "mutually exclusive" in both["msg"]
+    res = cm({"step": "prepare", "common_name": CN, "slots": [dict(slot, name="a")]})
+    assert res["failed"] and res["failure_class"] == "bad_input" and "only for step=inspect" in res["msg"]
+    res = cm({"step": "inspect", "slots": [{"name": "a", "cert_path": slot["cert_path"]}]})
+    assert res["failed"] and "key_path" in res["msg"]
+    res = cm({"step": "inspect", "slots": [dict(slot, name="bad", renew_before="soon")]})
+    assert res["failed"] and res["slot"] == "bad" and res["msg"].startswith("slot bad: ")
+    assert cm({"step": "inspect"})["failed"]
+
+
 def test_python39_compatible_syntax():
     import ast
     from helpers import REPO
