@@ -50,8 +50,6 @@ options:
 notes:
   - A write that fails (disk full, read-only filesystem, permission denied) fails with RV(failure_class)
     V(write_failed) and the path; files already written stay (each file is whole, old or new).
-seealso:
-  - role: privsec.vault_rotate.report
 """
 
 EXAMPLES = r"""
