@@ -158,9 +158,11 @@ class Bench:
         lines += ["        lab-%s:" % a for a in self.apps]
         lines += ["    vault_proxies:", "      hosts:", "        lab-%s:" % proxy]
         (self.inv / "hosts.yml").write_text("---\n" + "\n".join(lines) + "\n")
-        gv = self.inv / "group_vars"
-        if not gv.exists():
-            gv.symlink_to(REPO / "inventories" / "lab" / "group_vars")
+        # The lab's group_vars and its inventory script (lab.json -> vault_rotate_lab, via LAB_DIR).
+        for name in ("group_vars", "lab.py"):
+            link = self.inv / name
+            if not link.exists():
+                link.symlink_to(REPO / "inventories" / "lab" / name)
 
     # -- probes ------------------------------------------------------------
     def _probe(self, action, name, port, out):
@@ -179,7 +181,7 @@ class Bench:
         tag = "n%d-%s-%d" % (self.n, kind, rep)
         timer_out = self.work / ("timer-%s.json" % tag)
         log = self.work / ("run-%s.log" % tag)
-        args = [str(BIN / "ansible-playbook"), "-i", str(self.inv / "hosts.yml"),
+        args = [str(BIN / "ansible-playbook"), "-i", str(self.inv),
                 "playbooks/rotate_all.yml", "-l", "lab"]
         if kind in ("forced", "restart"):
             args += ["-e", "vault_rotate_force=true"]
