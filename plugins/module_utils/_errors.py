@@ -71,6 +71,18 @@ class RotateError(Exception):
         result.update(failure_class=self.failure_class, msg=self.message, hint=self.hint)
         return result
 
+    def as_failure(self, prefix=None, **extra):
+        """fail_json arguments: as_result() plus extra, msg as "[prefix: ]message. Next: hint"."""
+        result = self.as_result()
+        result.update(extra)
+        msg = result.pop("msg")
+        if prefix:
+            msg = "%s: %s" % (prefix, msg)
+        if self.hint:
+            msg = "%s. Next: %s" % (msg.rstrip("."), self.hint)
+        result["msg"] = msg
+        return result
+
 
 # --- transport and TLS -------------------------------------------------------
 

@@ -332,9 +332,4 @@ class VaultModule(AnsibleModule):
         """fail_json from a RotateError: msg, failure_class, hint and its details."""
         if not isinstance(err, RotateError):
             err = classify_exception(err)
-        result = err.as_result()
-        result.update(extra)
-        msg = result.pop("msg")
-        if err.hint:
-            msg = "%s. Next: %s" % (msg.rstrip("."), err.hint)
-        self.fail_json(msg=msg, **result)
+        self.fail_json(**err.as_failure(**extra))

@@ -790,10 +790,10 @@ def _slot_params(params, slot):
     return merged
 
 
-SLOT_OPTIONS = dict(
-    name=dict(type="str", required=True),
-    cert_path=dict(type="path", required=True),
-    key_path=dict(type="path", required=True),
+# The inspect options: top level for one slot, and each entry of `slots` (with its name; paths required there).
+INSPECT_OPTIONS = dict(
+    cert_path=dict(type="path"),
+    key_path=dict(type="path"),
     fullchain_path=dict(type="path"),
     chain_path=dict(type="path"),
     common_name=dict(type="str"),
@@ -804,24 +804,15 @@ SLOT_OPTIONS = dict(
     renew_before=dict(type="str"),
     force=dict(type="bool", default=False),
 )
+SLOT_OPTIONS = dict(INSPECT_OPTIONS, name=dict(type="str", required=True),
+                    cert_path=dict(type="path", required=True), key_path=dict(type="path", required=True))
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             step=dict(type="str", required=True, choices=["inspect", "prepare", "csr", "install", "restore"]),
-            cert_path=dict(type="path"),
-            key_path=dict(type="path"),
             slots=dict(type="list", elements="dict", options=SLOT_OPTIONS),
-            fullchain_path=dict(type="path"),
-            chain_path=dict(type="path"),
-            common_name=dict(type="str"),
-            dns_names=dict(type="list", elements="str"),
-            ip_addresses=dict(type="list", elements="str"),
-            ca_bundle=dict(type="str"),
-            renew_fraction=dict(type="float", default=0.6667),
-            renew_before=dict(type="str"),
-            force=dict(type="bool", default=False),
             key_type=dict(type="str", choices=["ec", "rsa"], default="ec"),
             key_size=dict(type="int"),
             certificate=dict(type="str"),
@@ -833,6 +824,7 @@ def main():
             cert_mode=dict(type="str", default="0644"),
             backup=dict(type="bool", default=True),
             expect_serial=dict(type="str"),
+            **INSPECT_OPTIONS
         ),
         required_if=[("step", "csr", ("common_name",)), ("step", "prepare", ("common_name",))],
         required_one_of=[("cert_path", "slots")],
@@ -860,14 +852,9 @@ def main():
         else:
             result = getattr(Material(module), step)()
     except RotateError as err:
-        output = err.as_result()
-        msg = output.pop("msg")
-        if slot_name is not None:
-            msg = "slot %s: %s" % (slot_name, msg)
-            output["slot"] = slot_name
-        if err.hint:
-            msg = "%s. Next: %s" % (msg.rstrip("."), err.hint)
-        module.fail_json(msg=msg, step=step, **output)
+        if slot_name is None:
+            module.fail_json(step=step, **err.as_failure())
+        module.fail_json(step=step, **err.as_failure(prefix="slot %s" % slot_name, slot=slot_name))
     result["step"] = step
     if step in ("install", "restore") and module._diff:
         result["diff"] = _diff(result)

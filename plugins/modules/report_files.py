@@ -146,12 +146,9 @@ def main():
     try:
         result = run(module)
     except RotateError as err:
-        output = err.as_result()
-        msg = output.pop("msg")
-        if err.hint:
-            msg = "%s. Next: %s" % (msg.rstrip("."), err.hint)
+        output = err.as_failure()
         output.setdefault("path", module.params["path"])
-        module.fail_json(msg=msg, **output)
+        module.fail_json(**output)
     module.exit_json(**result)
 
 

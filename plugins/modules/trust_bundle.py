@@ -239,12 +239,9 @@ def main():
         _files.parse_mode(module.params["mode"])
         result = present(module) if module.params["state"] == "present" else restored(module)
     except RotateError as err:
-        output = err.as_result()
-        msg = output.pop("msg")
-        if err.hint:
-            msg = "%s. Next: %s" % (msg.rstrip("."), err.hint)
+        output = err.as_failure()
         output.setdefault("path", module.params["path"])
-        module.fail_json(msg=msg, **output)
+        module.fail_json(**output)
     result["path"] = module.params["path"]
     if module._diff:
         result["diff"] = {"before": _lines(result["before"]), "after": _lines(result["after"]),
