@@ -221,114 +221,12 @@ hint:
   type: str
 """
 
-from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
-from ansible_collections.privsec.vault_rotate.plugins.module_utils._vault import VaultModule
-from ansible_collections.privsec.vault_rotate.plugins.module_utils._x509 import (
-    HAS_CRYPTOGRAPHY,
-    CRYPTOGRAPHY_IMPORT_ERROR,
-    cert_info,
-    cert_to_pem,
-    is_self_signed,
-    load_pem_bundle,
-)
-
-try:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-except ImportError:  # reported through HAS_CRYPTOGRAPHY
-    pass
-
 from ansible.module_utils.basic import missing_required_lib
 
-
-def load_csr(pem):
-    """The CSR object, or RotateError('bad_pem') naming what is wrong."""
-    try:
-        csr = x509.load_pem_x509_csr(pem.strip().encode("utf-8") + b"\n")
-    except (ValueError, TypeError) as exc:
-        raise RotateError("bad_pem", "csr is not a PEM certificate signing request: %s" % exc,
-                          "pass the PEM text of the CSR ('-----BEGIN CERTIFICATE REQUEST-----')")
-    if not csr.is_signature_valid:
-        raise RotateError("bad_pem", "the signature of the csr does not verify", "generate the CSR again")
-    return csr
-
-
-def request_body(params):
-    """The JSON body of <mount>/sign|issue/<role>: only what the user set, so the role's defaults apply."""
-    body = {"format": params["format"]}
-    if params.get("csr"):
-        body["csr"] = params["csr"].strip() + "\n"
-    if params.get("common_name"):
-        body["common_name"] = params["common_name"]
-    if params.get("alt_names"):
-        body["alt_names"] = ",".join(params["alt_names"])
-    if params.get("ip_sans"):
-        body["ip_sans"] = ",".join(params["ip_sans"])
-    if params.get("ttl"):
-        body["ttl"] = params["ttl"]
-    if params.get("exclude_cn_from_sans"):
-        body["exclude_cn_from_sans"] = True
-    if not params.get("csr"):
-        if params.get("key_type"):
-            body["key_type"] = params["key_type"]
-        if params.get("key_bits"):
-            body["key_bits"] = params["key_bits"]
-    return body
-
-
-def classify_pki_error(err, mount, role, path):
-    """Make Vault's PKI answers actionable: OpenBao answers an unknown role with HTTP 400
-    'unknown role: x' and an unknown mount with 404 'no handler for route'."""
-    errors = err.details.get("errors") or []
-    text = "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
-    details = dict(err.details, mount=mount, role=role, path=path)
-    if "unknown role" in text:
-        return RotateError(
-            "not_found", "PKI role '%s' does not exist on mount '%s' (%s: %s)" % (role, mount, path, text),
-            "check the role name; list the roles with: bao list %s/roles" % mount, details)
-    if err.details.get("status") == 404 or "no handler for route" in text:
-        return RotateError(
-            "not_found", "PKI mount '%s' not found (no route for %s; role '%s')" % (mount, path, role),
-            "check the mount path; list the mounts with: bao secrets list", details)
-    if err.failure_class == "permission_denied":
-        return RotateError(
-            "permission_denied", "permission denied to write '%s' (role '%s' on mount '%s')" % (path, role, mount),
-            "the identity's policies need 'update' on %s: check the mapping's token_policies" % path, details)
-    if err.failure_class == "bad_input":
-        return RotateError(
-            "bad_input", "role '%s' on mount '%s' refused the request (%s): %s" % (role, mount, path, text or err.message),
-            "compare the names and TTL asked for with the role: bao read %s/roles/%s "
-            "(allowed_domains, allow_subdomains, allow_ip_sans, max_ttl)" % (mount, role), details)
-    return err
-
-
-def describe_issued(data, csr=None):
-    """Module result fields for Vault's answer `data` (never the private key unless issued)."""
-    leaf = load_pem_bundle(data.get("certificate"), what="certificate returned by Vault")[0]
-    if csr is not None and leaf.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != csr.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
-        raise RotateError("key_mismatch", "Vault returned a certificate whose key is not the CSR's key",
-                          "report this: the answer does not belong to the request")
-    chain_pems = data.get("ca_chain") or ([data["issuing_ca"]] if data.get("issuing_ca") else [])
-    chain = []
-    for pem in chain_pems:
-        chain.extend(load_pem_bundle(pem, what="ca_chain returned by Vault"))
-    info = cert_info(leaf)
-    leaf_pem = cert_to_pem(leaf)
-    result = {
-        "certificate": leaf_pem,
-        "issuing_ca": (data.get("issuing_ca") or "").strip() + "\n" if data.get("issuing_ca") else None,
-        "ca_chain": [cert_to_pem(c) for c in chain],
-        "fullchain": leaf_pem + "".join(cert_to_pem(c) for c in chain if not is_self_signed(c)),
-    }
-    for key in ("serial", "fingerprint_sha256", "not_before", "not_after", "days_left",
-                "common_name", "dns_names", "ip_addresses"):
-        result[key] = info[key]
-    if data.get("private_key"):
-        result["private_key"] = data["private_key"].strip() + "\n"
-        result["private_key_type"] = data.get("private_key_type")
-    return result
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._pki import load_csr, operation_path, sign_or_issue
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._vault import VaultModule
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._x509 import CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY
 
 
 def main():
@@ -352,16 +250,12 @@ def main():
     if not HAS_CRYPTOGRAPHY:
         module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
     p = module.params
-    mount = p["mount"].strip("/")
-    role = p["role"].strip("/")
-    operation = "sign" if p.get("csr") else "issue"
-    path = "%s/%s/%s" % (mount, operation, role)
+    operation, path = operation_path(p["mount"], p["role"], p.get("csr"))
     base = dict(operation=operation, path=path)
 
-    csr = None
     if p.get("csr"):
         try:
-            csr = load_csr(p["csr"])
+            load_csr(p["csr"])
         except RotateError as err:
             module.fail_from(err, **base)
 
@@ -370,18 +264,16 @@ def main():
 
     client = module.authenticated_client()
     try:
-        answer = client.write(path, request_body(p)) or {}
+        result = sign_or_issue(client, p["mount"], p["role"], csr=p.get("csr"), common_name=p.get("common_name"),
+                               alt_names=p.get("alt_names"), ip_sans=p.get("ip_sans"), ttl=p.get("ttl"),
+                               key_type=p.get("key_type"), key_bits=p.get("key_bits"),
+                               exclude_cn_from_sans=p["exclude_cn_from_sans"])
     except RotateError as err:
-        module.fail_from(classify_pki_error(err, mount, role, path), vault_requests=client.requests_made, **base)
-    data = answer.get("data") or {}
-    if not data.get("certificate"):
-        module.fail_json(msg="Vault answered %s without a certificate" % path, failure_class="server_error",
-                         vault_requests=client.requests_made, **base)
-    try:
-        result = describe_issued(data, csr)
-    except RotateError as err:
-        module.fail_from(err, vault_requests=client.requests_made, **base)
-    module.exit_json(changed=True, vault_requests=client.requests_made, **dict(base, **result))
+        failure = err.as_failure(vault_requests=client.requests_made, **base)
+        if err.failure_class == "server_error" and err.hint is None:
+            del failure["hint"]  # "answered without a certificate" has always been reported without a hint
+        module.fail_json(**failure)
+    module.exit_json(changed=True, vault_requests=client.requests_made, **result)
 
 
 if __name__ == "__main__":

@@ -142,65 +142,9 @@ hint:
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._pki import read_issuers
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._vault import VaultModule
-from ansible_collections.privsec.vault_rotate.plugins.module_utils._x509 import (
-    CRYPTOGRAPHY_IMPORT_ERROR,
-    HAS_CRYPTOGRAPHY,
-    bundle_to_pem,
-    cert_info,
-    dedupe,
-    describe_bundle,
-    load_pem_bundle,
-    parse_time,
-    utcnow,
-)
-
-
-def list_issuers(client, mount):
-    """{issuer_id: key_info} of the mount; {} when it has none. An unknown mount is not_found."""
-    path = "%s/issuers" % mount
-    status, answer = client.request("LIST", path, expect=(200, 404))
-    if status == 404:
-        # OpenBao answers 404 both for "no issuers" (empty list) and "no such mount": tell them apart.
-        errors = (answer or {}).get("errors") or []
-        if any("no handler for route" in str(e) for e in errors):
-            raise RotateError("not_found", "PKI mount '%s' not found (no route for %s)" % (mount, path),
-                              "check the mount path; list the mounts with: bao secrets list",
-                              {"path": path, "status": 404, "errors": errors})
-        return {}
-    data = (answer or {}).get("data") or {}
-    info = data.get("key_info") or {}
-    return dict((issuer_id, info.get(issuer_id) or {}) for issuer_id in data.get("keys") or [])
-
-
-def describe_issuer(issuer_id, listed, data, now):
-    """(description dict, [issuer cert] + parents as cryptography objects)."""
-    cert = load_pem_bundle(data.get("certificate"), what="issuer %s certificate" % issuer_id)[0]
-    chain = []
-    for pem in data.get("ca_chain") or []:
-        chain.extend(load_pem_bundle(pem, what="issuer %s ca_chain" % issuer_id))
-    info = cert_info(cert, now=now)
-    revoked = bool(data.get("revoked"))
-    in_period = parse_time(info["not_before"]) <= now < parse_time(info["not_after"])
-    return {
-        "issuer_id": issuer_id,
-        "issuer_name": data.get("issuer_name") or listed.get("issuer_name") or "",
-        "serial": info["serial"],
-        "subject": info["subject"],
-        "fingerprint_sha256": info["fingerprint_sha256"],
-        "not_before": info["not_before"],
-        "not_after": info["not_after"],
-        "days_left": info["days_left"],
-        "is_default": bool(listed.get("is_default")),
-        "revoked": revoked,
-        "valid": in_period and not revoked,
-    }, dedupe([cert] + chain)
-
-
-def trust_bundle(described):
-    """Valid issuers first (each once), then the parents of each, each once."""
-    valid = [(d, chain) for d, chain in described if d["valid"]]
-    return dedupe([chain[0] for _d, chain in valid] + [c for _d, chain in valid for c in chain[1:]])
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._x509 import CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY
 
 
 def main():
@@ -215,27 +159,11 @@ def main():
         module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
     mount = module.params["mount"].strip("/")
     client = module.authenticated_client()
-    now = utcnow()
-    described = []
     try:
-        for issuer_id, listed in sorted(list_issuers(client, mount).items()):
-            answer = client.read("%s/issuer/%s" % (mount, issuer_id)) or {}
-            described.append(describe_issuer(issuer_id, listed, answer.get("data") or {}, now))
+        result = read_issuers(client, mount, valid_only=module.params["valid_only"])
     except RotateError as err:
         module.fail_from(err, mount=mount)
-
-    described.sort(key=lambda item: (not item[0]["is_default"], item[0]["not_after"], item[0]["serial"]))
-    default = [chain for d, chain in described if d["is_default"]]
-    bundle = trust_bundle(described)
-    issuers = [d for d, _chain in described if d["valid"] or not module.params["valid_only"]]
-    module.exit_json(
-        changed=False,
-        issuers=issuers,
-        ca_bundle=bundle_to_pem(bundle),
-        ca_bundle_certs=describe_bundle(bundle),
-        default_issuer_id=next((d["issuer_id"] for d, _c in described if d["is_default"]), None),
-        default_chain=bundle_to_pem(default[0]) if default else "",
-    )
+    module.exit_json(changed=False, **result)
 
 
 if __name__ == "__main__":
