@@ -167,81 +167,8 @@ hint:
 """
 
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._login import cert_login
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._vault import VaultModule
-from ansible_collections.privsec.vault_rotate.plugins.module_utils._x509 import (
-    HAS_CRYPTOGRAPHY,
-    cert_info,
-    format_serial,
-    load_pem_bundle,
-)
-
-# What OpenBao answers (HTTP 400) when no mapping accepts the certificate.
-_REFUSALS = {
-    "invalid certificate or no client certificate supplied": (
-        "the mapping does not exist, or its CA bundle does not hold the issuer of the certificate"),
-    "no chain matching all constraints could be found": (
-        "the certificate chains to a CA of the mapping but fails its constraints "
-        "(allowed_common_names, allowed_dns_sans, allowed_uri_sans, required_extensions)"),
-    "no client certificate found": (
-        "no client certificate reached Vault: a TLS-terminating proxy in between, or client_cert not set"),
-}
-
-
-def describe_client_cert(path):
-    """Subject/serial/not_after of the client cert file, or None when it cannot be read."""
-    if not path or not HAS_CRYPTOGRAPHY:
-        return None
-    try:
-        with open(path, "rb") as handle:
-            info = cert_info(load_pem_bundle(handle.read(), what="client_cert")[0])
-    except (IOError, OSError, RotateError):
-        return None
-    return {"subject": info["subject"], "serial": info["serial"], "not_after": info["not_after"],
-            "common_name": info["common_name"]}
-
-
-def classify_login_error(err, mapping, mount, cert):
-    """Turn Vault's 400 refusals into permission_denied naming the mapping, the cert and what to check."""
-    errors = err.details.get("errors") or []
-    text = "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
-    for needle, why in _REFUSALS.items():
-        if needle in text:
-            who = "certificate CN=%s serial %s" % (cert["common_name"], cert["serial"]) if cert else "the client certificate"
-            target = "mapping '%s'" % mapping if mapping else "any mapping"
-            return RotateError(
-                "permission_denied",
-                "cert login at auth/%s/login: %s does not accept %s (Vault: %s)" % (mount, target, who, text),
-                "%s; check with: bao read auth/%s/certs/%s" % (why, mount, mapping or "<name>"),
-                dict(err.details, mapping=mapping),
-            )
-    return err
-
-
-def compare_policies(expected, got, match):
-    """(missing, unexpected) policy names; 'default' only counts when expected lists it."""
-    expected = set(expected)
-    got = set(got)
-    if "default" not in expected:
-        got.discard("default")
-    missing = sorted(expected - got)
-    unexpected = sorted(got - expected) if match == "exact" else []
-    return missing, unexpected
-
-
-def metadata_of(auth):
-    meta = auth.get("metadata") or {}
-    serial = meta.get("serial_number")
-    try:  # cert auth reports the serial in decimal
-        serial = format_serial(int(serial)) if serial is not None else None
-    except (TypeError, ValueError):
-        pass
-    return {
-        "cert_name": meta.get("cert_name"),
-        "common_name": meta.get("common_name"),
-        "serial": serial,
-        "subject_key_id": meta.get("subject_key_id"),
-        "authority_key_id": meta.get("authority_key_id"),
-    }
 
 
 def main():
@@ -254,62 +181,20 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    mount = (p.get("cert_auth_mount") or "cert").strip("/")
     mapping = p.get("cert_role")
     if not p.get("client_cert"):
         module.fail_json(msg="cert_login needs the identity to test: client_cert and client_key (or VAULT_CLIENT_CERT/KEY)",
                          failure_class="bad_input")
-    cert = describe_client_cert(p.get("client_cert"))
-    result = dict(changed=False)
-    if cert:
-        result["client_certificate"] = dict((k, cert[k]) for k in ("subject", "serial", "not_after"))
-
     client = module.vault_client()
-    client.token = None  # never a token from the environment: this proves the certificate
     try:
-        auth = client.login_cert(mount, mapping)
+        result = cert_login(client, p.get("cert_auth_mount"), mapping, expected_policies=p.get("expected_policies"),
+                            policies_match=p["policies_match"], revoke=p["revoke"], cert_path=p.get("client_cert"),
+                            warn=module.warn)
     except RotateError as err:
-        module.fail_from(classify_login_error(err, mapping, mount, cert), **result)
-    module.no_log_values.add(client.token)
-
-    try:
-        display_name = client.lookup_self().get("display_name")
-    except RotateError as err:
-        module.warn("token lookup after login failed: %s" % err)
-        display_name = None
-    result.update(
-        policies=sorted(auth.get("policies") or []),
-        token_policies=sorted(auth.get("token_policies") or []),
-        display_name=display_name,
-        metadata=metadata_of(auth),
-        lease_duration=auth.get("lease_duration"),
-        renewable=bool(auth.get("renewable")),
-        revoked=False,
-    )
-    if p["revoke"]:
-        try:
-            client.revoke_self()
-            result["revoked"] = True
-        except RotateError as err:
-            module.warn("could not revoke the login token (it expires in %ss): %s" % (auth.get("lease_duration"), err))
-        client.token = None
-
-    if p.get("expected_policies") is not None:
-        missing, unexpected = compare_policies(p["expected_policies"], result["token_policies"], p["policies_match"])
-        if missing or unexpected:
-            parts = []
-            if missing:
-                parts.append("missing %s" % ", ".join(missing))
-            if unexpected:
-                parts.append("unexpected %s" % ", ".join(unexpected))
-            name = mapping or result["metadata"]["cert_name"]
-            err = RotateError(
-                "policy_mismatch",
-                "cert login through mapping '%s' gave policies %s: %s" % (
-                    name, ", ".join(result["token_policies"]), "; ".join(parts)),
-                "fix token_policies of auth/%s/certs/%s (or expected_policies)" % (mount, name))
-            module.fail_from(err, missing_policies=missing, unexpected_policies=unexpected, **result)
-    module.exit_json(**result)
+        module.fail_from(err, changed=False)
+    if client.token:  # revoke=false: the token lives on, keep it out of any output
+        module.no_log_values.add(client.token)
+    module.exit_json(changed=False, **result)
 
 
 if __name__ == "__main__":
