@@ -135,89 +135,12 @@ hint:
   type: str
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.privsec.vault_rotate.plugins.module_utils import _files
 from ansible_collections.privsec.vault_rotate.plugins.module_utils import _x509
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._bundle import diff_lines, ensure_bundle, restore_bundle
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
-
-
-def wanted_certs(value):
-    """Certs of a PEM text or a list of PEM texts, deduplicated in first-seen order."""
-    if isinstance(value, (list, tuple)):
-        text = "".join(str(item).strip() + "\n" for item in value if item)
-    else:
-        text = value
-    return _x509.dedupe(_x509.load_pem_bundle(text, what="certificates"))
-
-
-def current_certs(path):
-    """(certs, problem): [] when the file is missing, (None, reason) when it does not parse."""
-    data = _files.read_file(path)
-    if data is None:
-        return [], None
-    try:
-        return _x509.load_pem_bundle(data, what=path), None
-    except RotateError as err:
-        return None, err.message
-
-
-def _lines(described):
-    return "".join("%s  serial=%s  not_after=%s\n" % (d["subject"], d["serial"], d["not_after"])
-                   for d in sorted(described, key=lambda d: (d["subject"], d["serial"])))
-
-
-def present(module):
-    p = module.params
-    if p.get("certificates") in (None, "", []):
-        raise RotateError("bad_input", "state=present needs certificates",
-                          hint="pass the PEM bundle (for example the ca_bundle of pki_issuers_info)")
-    want = wanted_certs(p["certificates"])
-    have, problem = current_certs(p["path"])
-    want_fps = [_x509.fingerprint_sha256(c) for c in want]
-    have_fps = None if have is None else [_x509.fingerprint_sha256(c) for c in have]
-    now = _x509.utcnow()
-    result = dict(
-        before=_x509.describe_bundle(have or []),
-        after=_x509.describe_bundle(want),
-        added=_x509.describe_bundle([c for c, fp in zip(want, want_fps) if have_fps is None or fp not in have_fps]),
-        removed=_x509.describe_bundle([c for c, fp in zip(have or [], have_fps or []) if fp not in want_fps]),
-        expired=_x509.describe_bundle([c for c in want if _x509.not_after(c) < now]),
-    )
-    if problem:
-        result["before_unparsable"] = problem
-    for item in result["expired"]:
-        module.warn("%s (serial %s) in %s expired at %s" % (item["subject"], item["serial"], p["path"], item["not_after"]))
-
-    same_set = have_fps is not None and set(have_fps) == set(want_fps) and os.path.exists(p["path"])
-    if same_set:
-        result["after"] = result["before"]
-        result["changed"] = _files.ensure_attributes(p["path"], p.get("owner"), p.get("group"), p["mode"],
-                                                     check_mode=module.check_mode)
-        return result
-    result["changed"] = True
-    if not module.check_mode:
-        backups = _files.install_set([(p["path"], _x509.bundle_to_pem(want), p.get("owner"), p.get("group"), p["mode"])],
-                                     backup=p["backup"])
-        if backups:
-            result["backup_file"] = backups[0]
-    return result
-
-
-def restored(module):
-    path = module.params["path"]
-    if not os.path.exists(_files.backup_path(path)):
-        raise RotateError("missing_file", "no previous generation of %s to restore (%s is missing)" % (
-            path, _files.backup_path(path)), hint="the backup is written by state=present with backup=true")
-    have, _problem = current_certs(path)
-    prev, problem = current_certs(_files.backup_path(path))
-    if prev is None:
-        raise RotateError("bad_pem", "the backup %s does not parse: %s" % (_files.backup_path(path), problem),
-                          hint="restore by hand; nothing was changed")
-    changed = bool(_files.restore_set([path], check_mode=module.check_mode))
-    return dict(changed=changed, before=_x509.describe_bundle(have or []), after=_x509.describe_bundle(prev))
 
 
 def main():
@@ -237,14 +160,19 @@ def main():
         module.fail_json(msg=missing_required_lib("cryptography"), exception=_x509.CRYPTOGRAPHY_IMPORT_ERROR)
     try:
         _files.parse_mode(module.params["mode"])
-        result = present(module) if module.params["state"] == "present" else restored(module)
+        p = module.params
+        if p["state"] == "present":
+            result = ensure_bundle(p["path"], p.get("certificates"), owner=p.get("owner"), group=p.get("group"),
+                                   mode=p["mode"], backup=p["backup"], check_mode=module.check_mode, warn=module.warn)
+        else:
+            result = restore_bundle(p["path"], check_mode=module.check_mode)
     except RotateError as err:
         output = err.as_failure()
         output.setdefault("path", module.params["path"])
         module.fail_json(**output)
     result["path"] = module.params["path"]
     if module._diff:
-        result["diff"] = {"before": _lines(result["before"]), "after": _lines(result["after"]),
+        result["diff"] = {"before": diff_lines(result["before"]), "after": diff_lines(result["after"]),
                           "before_header": module.params["path"], "after_header": module.params["path"]}
     module.exit_json(**result)
 
