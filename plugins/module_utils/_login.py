@@ -89,7 +89,6 @@ def metadata_of(auth):
     }
 
 
-
 def _no_token(text, token):
     return text.replace(token, "********") if token else text
 

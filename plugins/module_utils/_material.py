@@ -392,5 +392,3 @@ INSPECT_OPTIONS = dict(
 )
 SLOT_OPTIONS = dict(INSPECT_OPTIONS, name=dict(type="str", required=True),
                     cert_path=dict(type="path", required=True), key_path=dict(type="path", required=True))
-
-

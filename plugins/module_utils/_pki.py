@@ -205,7 +205,6 @@ def trust_bundle(described):
     return dedupe([chain[0] for _d, chain in valid] + [c for _d, chain in valid for c in chain[1:]])
 
 
-
 def read_issuers(client, mount, valid_only=True, now=None):
     """Every issuer of `mount`, read and parsed, and the trust bundle of the valid ones.
 
