@@ -8,7 +8,8 @@ they were written, the CA bundle as PEM text); a desired state arrives as the
 user wrote it ("1h", policies in any order, a bundle with other line endings).
 Both sides go through `normalise()` so that only real differences count, and
 the CA bundle is compared as a set of certificates (by SHA-256 fingerprint),
-never as text. Nothing here talks to the network.
+never as text. Only `read_mapping` and `ensure_mapping` talk to Vault, through
+the client they are given (the cert_auth_mapping module and the phase engine).
 """
 from __future__ import absolute_import, division, print_function
 
@@ -16,6 +17,7 @@ __metaclass__ = type
 
 import re
 
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._x509 import (
     bundle_to_pem,
     cert_info,
@@ -177,3 +179,85 @@ def write_body(params, name):
     for field in TTL_FIELDS:
         body[field] = parse_duration(params.get(field))
     return body
+
+
+# ---------------------------------------------------------------- in Vault
+
+def mapping_path(mount, name):
+    """The API path of mapping `name` on the cert auth mount `mount` (default cert)."""
+    return "auth/%s/certs/%s" % ("cert" if mount is None else mount.strip("/"), name.strip("/"))
+
+
+def desired_mapping(params, name, path):
+    """normalise(params, name), the desired state; a TTL that is not a duration is
+    RotateError bad_input naming `path` (a bundle that does not parse: bad_pem)."""
+    try:
+        return normalise(params, name)
+    except ValueError as err:
+        raise RotateError("bad_input", "%s: %s" % (path, err))
+
+
+def read_mapping(client, path, name):
+    """(raw data or None, normalised or None) of the mapping in Vault."""
+    answer = client.read(path)
+    if not answer or not answer.get("data"):
+        return None, None
+    return answer["data"], normalise(answer["data"], name)
+
+
+def _with_fields(err, fields):
+    """`err` with the module's result fields in its details (set after construction: mapping=None stays)."""
+    err.details.update(fields)
+    return err
+
+
+def ensure_mapping(client, mount, name, params, state="present", check_mode=False):
+    """Make auth/<mount>/certs/<name> hold `params` (state=present: the cert_auth_mapping
+    options, certificate required) or not exist (state=absent), and read a write back.
+
+    Returns (result, before, desired): result = {path, changed, changed_fields
+    (MANAGED_FIELDS names), mapping (display() of the mapping after; None
+    when absent)}, before/desired the normalised states (None when there is
+    none) for render_diff(path, before, desired). A mapping already as
+    desired is not written. Raises RotateError (bad_input/bad_pem for the
+    desired state before any request, the client's classes, server_error when
+    Vault did not store what was written); its details carry the result fields
+    as they stood at the failure.
+    """
+    name = name.strip("/")
+    path = mapping_path(mount, name)
+    result = dict(path=path, changed=False, changed_fields=[], mapping=None)
+    desired = None
+    try:
+        if state == "present":
+            desired = desired_mapping(params, name, path)
+        _raw, current = read_mapping(client, path, name)
+    except RotateError as err:
+        raise _with_fields(err, result)
+
+    if state == "absent":
+        fields = list(MANAGED_FIELDS) if current is not None else []
+        if fields and not check_mode:
+            try:
+                client.delete(path)
+            except RotateError as err:
+                raise _with_fields(err, result)
+    else:
+        fields = changed_fields(current, desired)
+        result["mapping"] = display(desired if fields else current)
+        if fields and not check_mode:
+            failed = dict(result, changed=True, changed_fields=fields)
+            try:
+                client.write(path, write_body(params, name))
+                _raw, stored = read_mapping(client, path, name)
+            except RotateError as err:
+                raise _with_fields(err, failed)
+            not_stored = changed_fields(stored, desired)
+            result["mapping"] = failed["mapping"] = display(stored)
+            if not_stored:
+                raise _with_fields(RotateError(
+                    "server_error", "Vault did not store %s of %s as written" % (", ".join(not_stored), path),
+                    "read the mapping back (bao read %s) and compare" % path), failed)
+    result["changed"] = bool(fields)
+    result["changed_fields"] = fields
+    return result, current, desired

@@ -176,26 +176,16 @@ from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._mapping import (
-    MANAGED_FIELDS,
-    changed_fields,
-    display,
-    normalise,
+    desired_mapping,
+    ensure_mapping,
+    mapping_path,
     render_diff,
-    write_body,
 )
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._vault import VaultModule
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._x509 import (
     CRYPTOGRAPHY_IMPORT_ERROR,
     HAS_CRYPTOGRAPHY,
 )
-
-
-def read_mapping(client, path, name):
-    """(raw data or None, normalised or None) of the mapping in Vault."""
-    answer = client.read(path)
-    if not answer or not answer.get("data"):
-        return None, None
-    return answer["data"], normalise(answer["data"], name)
 
 
 def main():
@@ -222,54 +212,24 @@ def main():
         module.fail_json(msg=missing_required_lib("cryptography"), exception=CRYPTOGRAPHY_IMPORT_ERROR)
     p = module.params
     name = p["name"].strip("/")
-    path = "auth/%s/certs/%s" % (p["mount"].strip("/"), name)
-    result = dict(path=path, changed=False, changed_fields=[], mapping=None)
-
-    desired = None
+    path = mapping_path(p["mount"], name)
     if p["state"] == "present":
         try:  # validate the desired state before any network call
-            desired = normalise(p, name)
+            desired_mapping(p, name, path)
         except RotateError as err:
-            module.fail_from(err, **result)
-        except ValueError as err:
-            module.fail_json(msg="%s: %s" % (path, err), failure_class="bad_input", **result)
+            failure = err.as_failure(path=path, changed=False, changed_fields=[], mapping=None)
+            if failure["hint"] is None:
+                del failure["hint"]  # a TTL that is not a duration has always been reported without a hint
+            module.fail_json(**failure)
 
     client = module.authenticated_client()
     try:
-        _raw, current = read_mapping(client, path, name)
+        result, current, desired = ensure_mapping(client, p["mount"], name, p, state=p["state"],
+                                                  check_mode=module.check_mode)
     except RotateError as err:
-        module.fail_from(err, **result)
-
-    if p["state"] == "absent":
-        fields = list(MANAGED_FIELDS) if current is not None else []
-        if fields and not module.check_mode:
-            try:
-                client.delete(path)
-            except RotateError as err:
-                module.fail_from(err, **result)
-    else:
-        fields = changed_fields(current, desired)
-        result["mapping"] = display(desired if fields else current)
-        if fields and not module.check_mode:
-            failed = dict(result)
-            failed.update(changed=True, changed_fields=fields)
-            try:
-                client.write(path, write_body(p, name))
-                _raw, stored = read_mapping(client, path, name)
-            except RotateError as err:
-                module.fail_from(err, **failed)
-            not_stored = changed_fields(stored, desired)
-            result["mapping"] = failed["mapping"] = display(stored)
-            if not_stored:
-                module.fail_json(
-                    msg="Vault did not store %s of %s as written" % (", ".join(not_stored), path),
-                    failure_class="server_error", hint="read the mapping back (bao read %s) and compare" % path,
-                    **failed)
-
-    result["changed"] = bool(fields)
-    result["changed_fields"] = fields
+        module.fail_from(err)
     if module._diff:
-        result["diff"] = render_diff(path, current, desired if p["state"] == "present" else None)
+        result["diff"] = render_diff(path, current, desired)
     module.exit_json(**result)
 
 

@@ -189,3 +189,81 @@ def test_diff_of_create_and_delete_has_an_empty_side(old_ca):
     state = m.normalise(desired(old_ca), "n")
     assert m.render_diff("p", None, state)["before"] == {}
     assert m.render_diff("p", state, None)["after"] == {}
+
+
+# -- ensure_mapping (a fake client that stores what is written, as Vault does) --
+
+class FakeVault:
+    def __init__(self, stored=None, store_as_written=True, refuse_write=None):
+        self.stored = stored
+        self.store_as_written = store_as_written
+        self.refuse_write = refuse_write
+        self.calls = []
+
+    def read(self, path):
+        self.calls.append(("read", path))
+        return {"data": dict(self.stored)} if self.stored is not None else None
+
+    def write(self, path, body):
+        self.calls.append(("write", path))
+        if self.refuse_write:
+            raise self.refuse_write
+        self.stored = dict(body) if self.store_as_written else dict(body, token_policies=[])
+
+    def delete(self, path):
+        self.calls.append(("delete", path))
+        self.stored = None
+
+
+def desired_params(ca_pem, **overrides):
+    params = {"certificate": ca_pem, "allowed_common_names": ["agent-a"], "token_policies": ["agent"],
+              "token_ttl": "1h"}
+    params.update(overrides)
+    return params
+
+
+def test_ensure_mapping_creates_then_changes_nothing(old_ca):
+    vault = FakeVault()
+    result, before, desired = m.ensure_mapping(vault, "cert", "agent-a", desired_params(old_ca))
+    assert result["changed"] is True and result["path"] == "auth/cert/certs/agent-a"
+    assert result["changed_fields"] == list(m.MANAGED_FIELDS) and before is None
+    assert result["mapping"]["token_ttl"] == 3600 and "BEGIN" not in str(result["mapping"])
+    assert vault.calls == [("read", "auth/cert/certs/agent-a"), ("write", "auth/cert/certs/agent-a"),
+                           ("read", "auth/cert/certs/agent-a")]
+    vault.calls = []
+    result, before, desired = m.ensure_mapping(vault, "cert", "agent-a", desired_params(old_ca, token_ttl=3600))
+    assert result["changed"] is False and result["changed_fields"] == [] and before == desired
+    assert vault.calls == [("read", "auth/cert/certs/agent-a")]
+
+
+def test_ensure_mapping_check_mode_and_absent(old_ca, new_ca):
+    vault = FakeVault()
+    m.ensure_mapping(vault, "cert", "agent-a", desired_params(old_ca))
+    result, _before, _desired = m.ensure_mapping(vault, "cert", "agent-a", desired_params(new_ca), check_mode=True)
+    assert result["changed_fields"] == ["certificate"] and vault.calls[-1][0] == "read"
+    result, before, desired = m.ensure_mapping(vault, "cert", "agent-a", {}, state="absent", check_mode=True)
+    assert result["changed"] is True and vault.stored is not None and desired is None and before is not None
+    result, _before, _desired = m.ensure_mapping(vault, "cert", "agent-a", {}, state="absent")
+    assert result["changed"] is True and vault.stored is None and result["mapping"] is None
+    result, _before, _desired = m.ensure_mapping(vault, "cert", "agent-a", {}, state="absent")
+    assert result["changed"] is False and result["changed_fields"] == []
+
+
+def test_ensure_mapping_not_stored_as_written_is_server_error_with_the_fields(old_ca):
+    with pytest.raises(RotateError) as caught:
+        m.ensure_mapping(FakeVault(store_as_written=False), "cert", "agent-a", desired_params(old_ca))
+    err = caught.value
+    assert err.failure_class == "server_error" and "token_policies" in err.message
+    assert err.details["changed"] is True and err.details["mapping"]["token_policies"] == []
+
+
+def test_ensure_mapping_errors_carry_the_result_fields(old_ca):
+    vault = FakeVault()
+    with pytest.raises(RotateError) as caught:
+        m.ensure_mapping(vault, "cert", "agent-a", desired_params(old_ca, token_ttl="soon"))
+    assert caught.value.failure_class == "bad_input" and caught.value.message.startswith("auth/cert/certs/agent-a: ")
+    assert caught.value.details["mapping"] is None and vault.calls == []  # before any request
+    refused = RotateError("permission_denied", "denied", "check the policy", {"status": 403})
+    with pytest.raises(RotateError) as caught:
+        m.ensure_mapping(FakeVault(refuse_write=refused), "cert", "agent-a", desired_params(old_ca))
+    assert caught.value.details["changed_fields"] == list(m.MANAGED_FIELDS) and caught.value.details["status"] == 403
