@@ -147,97 +147,19 @@ elapsed:
   description: Seconds spent.
   returned: always
   type: float
+ready_at:
+  description:
+    - When the node was seen ready, in seconds since the epoch (the clock of the host that ran the check), to
+      measure how long after a restart readiness was seen.
+  returned: when ready
+  type: float
+  sample: 1764351000.123
+  version_added: 0.2.0
 """
 
-import time
-
-from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError, classify_http
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._health import wait_ready
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._vault import VaultModule
-
-MAX_PAUSE = 5.0
-UNSEAL_GRACE = 10.0
-STANDBY_CODES = (429, 472, 473)
-# Transport failures that a starting server produces; anything else (an
-# alert, an untrusted cert, a name mismatch) will not fix itself by waiting.
-TRANSIENT = ("refused", "reset", "timeout", "unreachable", "tls_error", "server_error")
-
-
-def _state(status, data):
-    data = data or {}
-    return {
-        "status_code": status,
-        "initialized": data.get("initialized", status != 501),
-        "sealed": data.get("sealed", status == 503),
-        "standby": data.get("standby", status in STANDBY_CODES),
-        "version": data.get("version"),
-        "cluster_name": data.get("cluster_name"),
-    }
-
-
-def _not_ready_error(status):
-    details = {"status": status, "path": "sys/health"}
-    if status == 503:
-        return RotateError(
-            "sealed", "Vault is sealed",
-            "pass unseal_keys (no_log) to unseal it, or unseal it by hand (bao operator unseal); "
-            "a restart seals it unless it auto-unseals", details)
-    if status in STANDBY_CODES:
-        return RotateError(
-            "standby", "Vault is unsealed but not active (standby, HTTP %s)" % status,
-            "right after an unseal it answers 429 for a moment: wait (wait_timeout), or set standby_ok "
-            "for a standby node", details)
-    if status == 501:
-        return RotateError("uninitialized", "Vault is not initialized",
-                           "initialize it (bao operator init) and keep the keys safe", details)
-    return classify_http(status, [], "sys/health")
-
-
-def _unseal(client, keys):
-    """Give keys until the node is unsealed; return the last seal-status."""
-    status = {}
-    for key in keys:
-        status = client.unseal(key)
-        if not status.get("sealed", True):
-            return status
-    raise RotateError(
-        "sealed",
-        "Vault is still sealed after %d unseal key(s): threshold %s, progress %s"
-        % (len(keys), status.get("t"), status.get("progress")),
-        "give at least as many keys as the threshold, from this cluster's init",
-    )
-
-
-def _observe(observed, label):
-    if not observed or observed[-1] != label:
-        observed.append(label)
-
-
-def _check(module, client, keys, result):
-    """One sys/health check (plus an unseal when sealed and keys are given).
-
-    Returns (error or None when ready, stop) and updates `result`."""
-    p = module.params
-    try:
-        status, data = client.health()
-        result.update(_state(status, data))
-        if status == 200 or (p["standby_ok"] and status in STANDBY_CODES):
-            result["ready"] = True
-            return None, True
-        error = _not_ready_error(status)
-        if status == 501:
-            return error, True  # waiting will not initialise it
-        if status == 503 and result["sealed"]:
-            seal = client.seal_status()
-            result.update(seal_threshold=seal.get("t"), seal_progress=seal.get("progress"))
-            if keys and module.check_mode:
-                result["changed"] = True
-                return error, True
-            if keys:
-                _unseal(client, keys)
-                result.update(unsealed=True, changed=True)
-        return error, False
-    except RotateError as err:
-        return err, err.failure_class not in TRANSIENT
 
 
 def main():
@@ -254,44 +176,14 @@ def main():
     if p["wait_timeout"] < 0 or p["interval"] <= 0:
         module.fail_json(msg="wait_timeout must be >= 0 and interval > 0", failure_class="bad_input")
     client = module.vault_client()
-    keys = [k for k in (p["unseal_keys"] or []) if k]
-
-    start = time.monotonic()
-    deadline = start + p["wait_timeout"]
-    pause = p["interval"]
-    attempts = 0
-    result = {"ready": False, "unsealed": False, "changed": False, "failure_class": None, "hint": None}
-    observed = []
-    while True:
-        attempts += 1
-        error, stop = _check(module, client, keys, result)
-        _observe(observed, error.failure_class if error else "ready")
-        if result["unsealed"] and "unsealed" not in observed:
-            observed.append("unsealed")
-            deadline = max(deadline, time.monotonic() + UNSEAL_GRACE)
-            pause = min(p["interval"], 0.1)
-        if stop:
-            break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        time.sleep(min(pause, remaining))
-        pause = min(max(pause, 0.1) * 1.5, max(MAX_PAUSE, p["interval"]))
-
+    try:
+        result = wait_ready(client, wait_timeout=p["wait_timeout"], interval=p["interval"], unseal_keys=p["unseal_keys"],
+                            standby_ok=p["standby_ok"], check_mode=module.check_mode)
+    except RotateError as err:
+        client.close()
+        module.fail_from(err)
     client.close()
-    result.update(attempts=attempts, elapsed=round(time.monotonic() - start, 3), observed=observed)
-    if result["ready"]:
-        result["msg"] = "Vault %s is ready (HTTP %s)%s" % (
-            result.get("version"), result.get("status_code"), ", unsealed by this task" if result["unsealed"] else "")
-        module.exit_json(**result)
-    if module.check_mode and result["changed"]:
-        result.update(failure_class=error.failure_class, hint=error.hint,
-                      msg="Vault is sealed; would unseal it with the given keys (check mode)")
-        module.exit_json(**result)
-    extra = dict((k, v) for k, v in result.items() if k not in ("failure_class", "hint", "msg"))
-    if p["wait_timeout"] and attempts > 1:
-        error.message = "%s (still after %d checks in %.1f s)" % (error.message, attempts, result["elapsed"])
-    module.fail_from(error, **extra)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":
