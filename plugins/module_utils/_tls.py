@@ -376,3 +376,76 @@ def _served_chain_unverified(host, port, server_name, context, timeout):
         return peer_chain_der(tls_sock)
     finally:
         tls_sock.close()
+
+
+# ---------------------------------------------------------------- probe until ok
+
+MAX_PAUSE = 5.0
+
+
+def _expectation_problem(result, expect_serial, expect_fingerprint):
+    from ansible_collections.privsec.vault_rotate.plugins.module_utils import _x509
+
+    if expect_serial:
+        wanted = _x509.normalize_serial(expect_serial)
+        if result.get("serial") != wanted:
+            return "serves serial %s, expected %s" % (result.get("serial"), wanted)
+    if expect_fingerprint:
+        wanted = _x509.normalize_fingerprint(expect_fingerprint)
+        if result.get("fingerprint_sha256") != wanted:
+            return "serves fingerprint %s, expected %s" % (result.get("fingerprint_sha256"), wanted)
+    return None
+
+
+def _probe_expecting(host, port, server_name, context, unverified_context, timeout, http_path, expect_serial,
+                     expect_fingerprint):
+    result = probe(host, port, server_name=server_name, context=context, timeout=timeout,
+                   http_path=http_path, unverified_context=unverified_context)
+    if result["ok"]:
+        problem = _expectation_problem(result, expect_serial, expect_fingerprint)
+        if problem:
+            result.update(
+                ok=False, failure_class="serial_mismatch",
+                msg="%s (TLS name %s) %s" % (result["target"], result["server_name"], problem),
+                hint="the service still serves the previous certificate: was it reloaded (SIGHUP / nginx reload)? "
+                     "Does the new key match the new cert (a mismatched pair keeps the old cert serving)?",
+            )
+    return result
+
+
+def probe_until(host, port, server_name=None, context=None, unverified_context=None, timeout=10, http_path=None,
+                expect_serial=None, expect_fingerprint=None, wait_timeout=0, interval=1):
+    """probe() again, with a growing pause, until it is ok (and serves `expect_serial` /
+    `expect_fingerprint` when given) or `wait_timeout` seconds have passed.
+
+    Returns the last probe()'s result (a missing serial/fingerprint is
+    ok=False, failure_class serial_mismatch) plus attempts, elapsed (s) and
+    observed (the outcomes seen, consecutive repeats folded, e.g. [reset, ok]);
+    target, verify_message, errno and phase are always present. A failed
+    probe is a result, not an exception; only bad arguments raise RotateError
+    (bad_input).
+    """
+    if timeout <= 0 or wait_timeout < 0 or interval <= 0:
+        raise RotateError("bad_input", "timeout and interval must be > 0, wait_timeout >= 0")
+    start = time.monotonic()
+    deadline = start + wait_timeout
+    pause = interval
+    attempts = 0
+    observed = []
+    while True:
+        attempts += 1
+        result = _probe_expecting(host, port, server_name, context, unverified_context, timeout, http_path,
+                                  expect_serial, expect_fingerprint)
+        label = result["failure_class"] or "ok"
+        if not observed or observed[-1] != label:
+            observed.append(label)
+        remaining = deadline - time.monotonic()
+        if result["ok"] or remaining <= 0:
+            break
+        time.sleep(min(pause, remaining))
+        pause = min(pause * 1.5, max(MAX_PAUSE, interval))
+
+    result.update(attempts=attempts, elapsed=round(time.monotonic() - start, 3), observed=observed)
+    for key in ("target", "verify_message", "errno", "phase"):
+        result.setdefault(key, None)
+    return result

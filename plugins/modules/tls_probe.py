@@ -312,42 +312,11 @@ elapsed:
   type: float
 """
 
-import time
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
-from ansible_collections.privsec.vault_rotate.plugins.module_utils._tls import make_context, probe
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._tls import make_context, probe_until
 from ansible_collections.privsec.vault_rotate.plugins.module_utils import _x509
-
-MAX_PAUSE = 5.0
-
-
-def _expectation_problem(result, expect_serial, expect_fingerprint):
-    if expect_serial:
-        wanted = _x509.normalize_serial(expect_serial)
-        if result.get("serial") != wanted:
-            return "serves serial %s, expected %s" % (result.get("serial"), wanted)
-    if expect_fingerprint:
-        wanted = _x509.normalize_fingerprint(expect_fingerprint)
-        if result.get("fingerprint_sha256") != wanted:
-            return "serves fingerprint %s, expected %s" % (result.get("fingerprint_sha256"), wanted)
-    return None
-
-
-def _one_attempt(p, context, unverified_context):
-    result = probe(p["host"], p["port"], server_name=p["server_name"], context=context, timeout=p["timeout"],
-                   http_path=p["http_path"], unverified_context=unverified_context)
-    if result["ok"]:
-        problem = _expectation_problem(result, p["expect_serial"], p["expect_fingerprint"])
-        if problem:
-            result.update(
-                ok=False, failure_class="serial_mismatch",
-                msg="%s (TLS name %s) %s" % (result["target"], result["server_name"], problem),
-                hint="the service still serves the previous certificate: was it reloaded (SIGHUP / nginx reload)? "
-                     "Does the new key match the new cert (a mismatched pair keeps the old cert serving)?",
-            )
-    return result
 
 
 def main():
@@ -394,32 +363,17 @@ def main():
         module.fail_json(msg=err.message, ok=False, changed=False, attempts=0, elapsed=0.0, **dict(
             (k, v) for k, v in err.as_result().items() if k != "msg"))
 
-    start = time.monotonic()
-    deadline = start + p["wait_timeout"]
-    pause = p["interval"]
-    attempts = 0
-    observed = []
-    while True:
-        attempts += 1
-        result = _one_attempt(p, context, unverified)
-        label = result["failure_class"] or "ok"
-        if not observed or observed[-1] != label:
-            observed.append(label)
-        remaining = deadline - time.monotonic()
-        if result["ok"] or remaining <= 0:
-            break
-        time.sleep(min(pause, remaining))
-        pause = min(pause * 1.5, max(MAX_PAUSE, p["interval"]))
-
-    result.update(changed=False, attempts=attempts, elapsed=round(time.monotonic() - start, 3), observed=observed)
-    for key in ("target", "verify_message", "errno", "phase"):
-        result.setdefault(key, None)
+    result = probe_until(p["host"], p["port"], server_name=p["server_name"], context=context,
+                         unverified_context=unverified, timeout=p["timeout"], http_path=p["http_path"],
+                         expect_serial=p["expect_serial"], expect_fingerprint=p["expect_fingerprint"],
+                         wait_timeout=p["wait_timeout"], interval=p["interval"])
+    result["changed"] = False
     if not result["ok"] and p["fail_on_error"]:
         msg = result["msg"]
         if result.get("hint"):
             msg = "%s. Next: %s" % (msg.rstrip("."), result["hint"])
         if p["wait_timeout"]:
-            msg = "%s (after %d attempts in %.1f s)" % (msg, attempts, result["elapsed"])
+            msg = "%s (after %d attempts in %.1f s)" % (msg, result["attempts"], result["elapsed"])
         details = dict((k, v) for k, v in result.items() if k != "msg")
         module.fail_json(msg=msg, **details)
     module.exit_json(**result)
