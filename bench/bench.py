@@ -1,36 +1,53 @@
 #!/usr/bin/env python3
-"""make bench: how fast rotate_all is, how it scales with apps, whether clients notice.
+"""make bench: how fast rotate_all is against a baseline, how it scales with apps, whether clients notice.
 
-For each N in BENCH_APPS (default "2 8"; the full run is "2 8 32") it builds a
-private lab with N apps (ports from BENCH_PORT_BASE, default 31000: listener
-+0, raft +1, proxy +2, frontends +500+i), an inventory with one host per app,
-enables a file audit device (to count every Vault request from the server's
-side), then runs `rotate_all.yml -l lab`:
+The same scenarios run against two versions of the collection, in the same
+bench, on the same lab, with the same .venv and the same measuring callback:
+
+- current: this checkout (the working tree as it is);
+- baseline: a git worktree of BENCH_BASELINE (default: the ref in
+  bench/baseline.ref) under .cache/bench/baseline-<sha>; `none` skips it. Its
+  own ansible.cfg and collections/ link make its playbooks load its own
+  collection; every run records where its tasks and plugins came from and the
+  bench fails the run when that is not the tree it was meant for.
+
+For each N in BENCH_APPS (default "2 8 32") it builds one private lab with N
+apps (ports from BENCH_PORT_BASE, default 31000: listener +0, raft +1, proxy
++2, frontends +500+i), enables a file audit device (every Vault request, seen
+from the server), writes an inventory per tree (the tree's own lab inventory,
+the example apps expanded to N), then runs `rotate_all.yml -l lab`:
 
 - forced (`-e vault_rotate_force=true`): every slot rotates;
-- no-op: nothing due (right after a forced run);
+- noop: nothing due (right after a forced run);
 - restart (BENCH_RESTART=1, first N only): forced + `vault_rotate_restart_vault=always`
-  with the unseal keys (extra-vars file 0600), so the restart downtime and the
-  readiness detection are measured, not guessed;
+  with the unseal keys (extra-vars file 0600): restart outage and readiness lag.
 
-BENCH_REPS times each (default 1; the issue's full run is 3). During every run
-tests/lab/probe.py opens a TLS connection every 20 ms with the admin identity
-to the listener and through the proxy. Reported per run: wall time, per-phase
-time, tasks executed, Vault requests (audit log: total, issuance per rotated
-slot, logins), controller peak RSS (ansible-playbook + workers, sampled), probe
-failures and the longest outage, restart readiness lag. Median and spread
-(min..max) per (N, kind). Output: a table on stdout and JSON in BENCH_OUT
-(default .cache/bench/bench-<stamp>.json, also latest.json), with the machine
-and versions. Secrets (root token, unseal key) never leave the lab's files.
+BENCH_REPS times each (default 1). The baseline runs only for N in
+BENCH_BASELINE_APPS (default "2"). Baseline and current alternate run by run
+(B C, B C, ...; the next repetition starts with the other one), so a change of
+load hits both. During every run tests/lab/probe.py opens a TLS connection
+every 20 ms to the listener and through the proxy.
 
-    .venv/bin/python bench/bench.py                     # = make bench
-    BENCH_APPS="2 8 32" BENCH_REPS=3 make bench          # the full run (~1 h on 2 cores)
+Per run: wall time, controller CPU, tasks executed, per-phase time (plays, from
+the bench_timer callback), Vault requests from the audit log per phase (total,
+sign/issue, cert logins, admin logins) and sign/issue per rotated slot (rotated
+= leaf serials on disk that changed), controller peak memory as summed PSS of
+ansible-playbook and all its descendants (and summed RSS beside it), probe
+failures and gaps, restart outage and readiness lag. Output: a table on stdout
+(current, baseline, current/baseline), JSON in BENCH_WORKDIR (default
+.cache/bench/bench-<stamp>.json and latest.json), a copy in bench/results/
+with BENCH_SAVE=1. Secrets (root token, unseal key) never leave the lab's files.
+
+    .venv/bin/python bench/bench.py                              # = make bench (long: see docs/performance.md)
+    BENCH_APPS=2 BENCH_KINDS=forced BENCH_RESTART=0 make bench   # the quickest look, with the baseline
 """
 import json
 import os
-import resource
 import platform
+import re
+import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -39,97 +56,274 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+from cryptography import x509
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 import lab as labmod  # noqa: E402  (tests/lab/lab.py)
 
+FORMAT = "privsec.vault_rotate.bench/v2"
 PY = sys.executable
 BIN = Path(PY).parent
 PROBE = REPO / "tests" / "lab" / "probe.py"
 LABCTL = REPO / "tests" / "lab" / "labctl.py"
-
-PHASES = [
-    ("Preflight", "preflight"), ("Phase 1", "admin_cert"), ("Phase 2", "server_tls"),
-    ("Phase 3", "agent_login"), ("Phase 4", "app_leaf"), ("Phase 5", "proxy_trust"),
-    ("Restart", "restart"), ("Healthcheck", "healthcheck"), ("Report", "report"),
-]
+CALLBACKS = REPO / "bench" / "callback_plugins"
+BASELINE_REF_FILE = REPO / "bench" / "baseline.ref"
+PROBE_INTERVAL_S = 0.02
+# Phase keys from play names: "Phase <n> - ..." first, then the leading word;
+# any other play keeps a key made from its name, so a renamed play is still
+# timed and counted, only under another key.
+PHASE_NUMBERS = {"0": "preflight", "1": "admin_cert", "2": "server_tls", "3": "agent_login", "4": "app_leaf",
+                 "5": "proxy_trust", "6": "restart", "7": "healthcheck"}
+PHASE_WORDS = {"preflight": "preflight", "restart": "restart", "healthcheck": "healthcheck", "report": "report"}
+OUTSIDE = "(outside plays)"
+# Ansible settings that would make both trees load the same code or config.
+SCRUB_ENV = ("ANSIBLE_CONFIG", "ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_COLLECTIONS_PATHS", "ANSIBLE_ROLES_PATH",
+             "ANSIBLE_INVENTORY", "ANSIBLE_LIBRARY", "ANSIBLE_MODULE_UTILS", "ANSIBLE_ACTION_PLUGINS")
 
 
 def env_list(name, default):
     return [x for x in os.environ.get(name, default).replace(",", " ").split() if x]
 
 
+def env_flag(name, default):
+    return os.environ.get(name, default).strip().lower() not in ("0", "", "false", "no", "off")
+
+
 def app_names(n):
-    if n == 2:
+    if n == len(labmod.DEFAULT_APPS):
         return list(labmod.DEFAULT_APPS)
     return ["app%02d" % i for i in range(1, n + 1)]
 
 
-class RssSampler(threading.Thread):
-    """Peak summed RSS of a process and all its descendants (from /proc)."""
+def phase_key(play_name):
+    m = re.match(r"\s*phase\s+(\d+)\b", play_name, re.I)
+    if m and m.group(1) in PHASE_NUMBERS:
+        return PHASE_NUMBERS[m.group(1)]
+    word = (re.findall(r"[a-z0-9]+", play_name.lower()) or ["play"])[0]
+    if word in PHASE_WORDS:
+        return PHASE_WORDS[word]
+    return "_".join(re.findall(r"[a-z0-9]+", play_name.lower())[:4]) or "play"
+
+
+def iso_epoch(iso):
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def git(*args, cwd=REPO, check=True):
+    """git, retried while another engineer's git holds a lock in the shared repository."""
+    for attempt in range(20):
+        out = subprocess.run(["git", *args], cwd=str(cwd), capture_output=True, text=True, check=False)
+        if out.returncode == 0 or ".lock" not in out.stderr or attempt == 19:
+            break
+        time.sleep(0.5)
+    if check and out.returncode != 0:
+        raise SystemExit("bench: git %s failed: %s" % (" ".join(args), out.stderr.strip()))
+    return out.stdout.strip()
+
+
+# -- the two trees -------------------------------------------------------------
+
+class Tree:
+    """One version of the collection: its root holds ansible.cfg, collections/, playbooks/, inventories/lab/."""
+
+    def __init__(self, side, root, ref, sha, dirty=0):
+        self.side, self.root, self.ref, self.sha, self.dirty = side, Path(root).resolve(), ref, sha, dirty
+
+    def describe(self):
+        note = ", %d uncommitted changes in the tree" % self.dirty if self.dirty else ""
+        return "%s %s (%s%s)" % (self.side, self.root, self.sha[:7], note)
+
+    def as_json(self):
+        return {"root": str(self.root), "ref": self.ref, "sha": self.sha, "uncommitted_changes": self.dirty}
+
+
+def current_tree():
+    dirty = len([line for line in git("status", "--porcelain", check=False).splitlines() if line.strip()])
+    return Tree("current", REPO, "HEAD", git("rev-parse", "HEAD"), dirty)
+
+
+def baseline_ref():
+    ref = os.environ.get("BENCH_BASELINE", "").strip()
+    if ref:
+        return None if ref.lower() in ("none", "off", "0", "no") else ref
+    for line in BASELINE_REF_FILE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            return line.strip()
+    raise SystemExit("bench: no ref in %s" % BASELINE_REF_FILE)
+
+
+def baseline_tree(ref, workdir):
+    """A detached worktree of `ref` under workdir, reused while it is clean and at the same commit."""
+    sha = git("rev-parse", "--verify", "--quiet", "%s^{commit}" % ref, check=False)
+    if not sha:
+        raise SystemExit("bench: baseline ref %r is not a commit of this repository (a shallow clone? `git fetch "
+                         "--unshallow`), or set BENCH_BASELINE=<ref> / BENCH_BASELINE=none" % ref)
+    path = workdir / ("baseline-%s" % sha[:12])
+    if path.exists():
+        head = git("rev-parse", "HEAD", cwd=path, check=False)
+        if head == sha and not git("status", "--porcelain", cwd=path, check=False):
+            return Tree("baseline", path, ref, sha)
+        git("worktree", "remove", "--force", str(path), check=False)
+        if path.exists():
+            shutil.rmtree(path)
+    git("worktree", "prune")  # a worktree folder removed by `make clean` leaves its record behind
+    git("worktree", "add", "--detach", str(path), sha)
+    return Tree("baseline", path, ref, sha)
+
+
+def which_tree(path, trees):
+    """The tree whose root is the longest prefix of `path` (the baseline lives inside the current one)."""
+    real = os.path.realpath(path)
+    best = None
+    for tree in trees:
+        root = str(tree.root)
+        if (real == root or real.startswith(root + os.sep)) and (best is None or len(root) > len(str(best.root))):
+            best = tree
+    return best.side if best else "other"
+
+
+def loaded_from(timer, tree, trees):
+    """Where the run's collection, task files and plugins came from; ok when all of it is `tree`."""
+    loaded = timer.get("loaded") or {}
+    coll = loaded.get("collection")
+    files = loaded.get("task_files") or []
+    plugins = [p for paths in (loaded.get("plugins") or {}).values() for p in paths.values()]
+    sides = {}
+    for path in files + plugins:
+        side = which_tree(path, trees)
+        sides[side] = sides.get(side, 0) + 1
+    coll_side = which_tree(coll, trees) if coll and not coll.startswith("unresolved") else None
+    ok = coll_side == tree.side and bool(files) and set(sides) == {tree.side}
+    return {"collection": os.path.realpath(coll) if coll_side else coll, "collection_tree": coll_side,
+            "files_by_tree": sides, "task_files": len(files), "plugins": len(plugins), "ok": ok}
+
+
+# -- controller memory ------------------------------------------------------------
+
+class MemSampler(threading.Thread):
+    """Peak memory of a process and all its descendants, sampled: summed PSS (smaps_rollup) and summed RSS.
+
+    PSS splits a page shared by k processes into k parts, so forked workers are
+    not counted k times over as summed RSS does. Lab daemons (bao, nginx) that a
+    unit restart starts under the playbook are servers, not controller memory:
+    they and their children are left out."""
+
+    SKIP_COMM = ("bao", "nginx")
 
     def __init__(self, pid, every=0.1):
         super().__init__(daemon=True)
-        self.pid, self.every, self.peak_kb, self.stop_flag = pid, every, 0, False
+        self.pid, self.every = pid, every
+        self.peak_pss_kb = self.peak_rss_kb = self.peak_procs = self.samples = 0
+        self.halt = threading.Event()
+        me = os.getpid()
+        self.has_children_file = os.path.exists("/proc/%d/task/%d/children" % (me, me))
 
-    def _tree(self):
+    def _children(self, pid):
+        out = []
+        try:
+            tids = os.listdir("/proc/%d/task" % pid)
+        except OSError:
+            return out
+        for tid in tids:
+            try:
+                with open("/proc/%d/task/%s/children" % (pid, tid)) as fh:
+                    out.extend(int(x) for x in fh.read().split())
+            except (OSError, ValueError):
+                pass
+        return out
+
+    def _children_by_scan(self):
         children = {}
         for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                with open("/proc/%s/stat" % d) as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d))
+            if d.isdigit():
+                try:
+                    with open("/proc/%s/stat" % d) as fh:
+                        ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(d))
+        return lambda pid: children.get(pid, [])
+
+    @staticmethod
+    def _comm(pid):
+        try:
+            with open("/proc/%d/comm" % pid) as fh:
+                return fh.read().strip()
+        except OSError:
+            return ""
+
+    def tree(self):
+        children = self._children if self.has_children_file else self._children_by_scan()
         todo, seen = [self.pid], []
         while todo:
-            p = todo.pop()
-            seen.append(p)
-            todo.extend(children.get(p, []))
+            pid = todo.pop()
+            if pid != self.pid and self._comm(pid) in self.SKIP_COMM:
+                continue
+            seen.append(pid)
+            todo.extend(children(pid))
         return seen
 
-    def run(self):
-        while not self.stop_flag:
-            total = 0
-            for p in self._tree():
-                try:
-                    with open("/proc/%d/status" % p) as fh:
-                        for line in fh:
-                            if line.startswith("VmRSS:"):
-                                total += int(line.split()[1])
-                except OSError:
-                    pass
-            self.peak_kb = max(self.peak_kb, total)
-            time.sleep(self.every)
+    @staticmethod
+    def _mem_kb(pid):
+        pss = rss = 0
+        try:
+            with open("/proc/%d/smaps_rollup" % pid) as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        pss = int(line.split()[1])
+                    elif line.startswith("Rss:"):
+                        rss = int(line.split()[1])
+        except (OSError, ValueError):  # exited between the walk and the read
+            pass
+        return pss, rss
 
+    def run(self):
+        while True:
+            procs = self.tree()
+            pss = rss = 0
+            for pid in procs:
+                p, r = self._mem_kb(pid)
+                pss, rss = pss + p, rss + r
+            self.samples += 1
+            self.peak_pss_kb = max(self.peak_pss_kb, pss)
+            self.peak_rss_kb = max(self.peak_rss_kb, rss)
+            self.peak_procs = max(self.peak_procs, len(procs))
+            if self.halt.wait(self.every):
+                return
+
+
+# -- one lab per N, both trees run against it ------------------------------------
 
 class Bench:
-    def __init__(self, n, port_base, workdir):
+    def __init__(self, n, port_base, workdir, trees):
+        """`trees`: every tree of the bench (each gets an inventory; paths are told apart against all)."""
         self.n = n
         self.apps = app_names(n)
         self.dir = workdir / ("lab-%d" % n)
-        self.inv = workdir / ("inv-%d" % n)
         self.work = workdir
-        self.ports = dict(vault_port=port_base, proxy_port=port_base + 2,
-                          frontend_port_base=port_base + 500)
-        self.lab = labmod.Lab(dir=str(self.dir), apps=list(self.apps), **self.ports)
-        self.env = dict(os.environ, LAB_DIR=str(self.dir), PATH="%s:%s" % (BIN, os.environ["PATH"]),
-                        ANSIBLE_CALLBACK_PLUGINS=str(REPO / "bench" / "callback_plugins"),
-                        ANSIBLE_CALLBACKS_ENABLED="bench_timer", ANSIBLE_FORCE_COLOR="0")
+        self.trees = trees
+        self.lab = labmod.Lab(dir=str(self.dir), apps=list(self.apps), vault_port=port_base,
+                              proxy_port=port_base + 2, frontend_port_base=port_base + 500)
+        env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV}
+        self.env = dict(env, LAB_DIR=str(self.dir), PATH="%s:%s" % (BIN, os.environ["PATH"]),
+                        ANSIBLE_CALLBACK_PLUGINS=str(CALLBACKS), ANSIBLE_CALLBACKS_ENABLED="bench_timer",
+                        ANSIBLE_FORCE_COLOR="0")
+        self.run_timeout = float(os.environ.get("BENCH_RUN_TIMEOUT", "3600"))
 
     # -- setup -------------------------------------------------------------
     def up(self):
         if self.dir.exists():
             self.down(purge=True)
-        self.lab.up()
+        self.lab.up(log=lambda _msg: None)
         self.info = json.loads((self.dir / "lab.json").read_text())
-        self._inventory()
+        for tree in self.trees:
+            self._inventory(tree)
         self.audit_log = self.dir / "logs" / "audit.log"
         # OpenBao 2.x creates audit devices from the config only (the API refuses):
         # add a file device to the lab's server config, SIGHUP creates it.
-        hcl = self.dir / "home" / "vaultprod" / "config" / "vault.hcl"
+        hcl = Path(self.info["paths"]["vault_config"])
         hcl.write_text(hcl.read_text() + '\naudit "file" "bench" {\n  options {\n    file_path = "%s"\n  }\n}\n'
                        % self.audit_log)
         self.lab.unit("container-vaultprod", "reload")
@@ -145,24 +339,78 @@ class Bench:
         subprocess.run([PY, str(LABCTL), "--dir", str(self.dir), "down"] + (["--purge"] if purge else []),
                        check=False, stdout=subprocess.DEVNULL)
 
-    def _inventory(self):
-        self.inv.mkdir(parents=True, exist_ok=True)
-        proxy = self.info.get("proxy_app", "proxyprod")
-        lines = ["all:", "  children:", "    lab:", "      hosts:", "        lab-controller:",
-                 "        lab-vaultprod:"]
-        for a in self.apps + [proxy]:
-            lines += ["        lab-%s:" % a, "          vault_rotate_app: %s" % a]
-        lines += ["    vault_admin:", "      hosts:", "        lab-controller:",
-                  "    vault_servers:", "      hosts:", "        lab-vaultprod:",
-                  "    vault_apps:", "      hosts:"]
-        lines += ["        lab-%s:" % a for a in self.apps]
-        lines += ["    vault_proxies:", "      hosts:", "        lab-%s:" % proxy]
-        (self.inv / "hosts.yml").write_text("---\n" + "\n".join(lines) + "\n")
-        # The lab's group_vars and its inventory script (lab.json -> vault_rotate_lab, via LAB_DIR).
-        for name in ("group_vars", "lab.py"):
-            link = self.inv / name
-            if not link.exists():
-                link.symlink_to(REPO / "inventories" / "lab" / name)
+    def inv_dir(self, tree):
+        return self.work / ("inv-%s-%d" % (tree.side, self.n))
+
+    def _inventory(self, tree):
+        """The tree's own lab inventory (hosts.yml, group_vars, the lab.py script) with its example
+        apps replaced by the N apps of this lab: whatever groups and variables that version
+        expects stay as it wrote them."""
+        src = tree.root / "inventories" / "lab"
+        inv = self.inv_dir(tree)
+        if inv.exists():
+            shutil.rmtree(inv)
+        inv.mkdir(parents=True)
+        doc = yaml.safe_load((src / "hosts.yml").read_text())
+        examples = {"lab-%s" % a for a in labmod.DEFAULT_APPS}
+
+        def expand(group):
+            hosts = group.get("hosts")
+            if isinstance(hosts, dict):
+                out, done = {}, False
+                for name, hvars in hosts.items():
+                    if name not in examples:
+                        out[name] = hvars
+                    elif not done:
+                        done = True
+                        for app in self.apps:
+                            v = dict(hvars) if isinstance(hvars, dict) else hvars
+                            if isinstance(v, dict) and "vault_rotate_app" in v:
+                                v["vault_rotate_app"] = app
+                            out["lab-%s" % app] = v
+                group["hosts"] = out
+            for child in (group.get("children") or {}).values():
+                if isinstance(child, dict):
+                    expand(child)
+
+        expand(doc["all"])
+        (inv / "hosts.yml").write_text("---\n# made by bench/bench.py from %s/hosts.yml for %d apps\n%s"
+                                       % (src, self.n, yaml.safe_dump(doc, sort_keys=False)))
+        for entry in src.iterdir():
+            if entry.name != "hosts.yml":
+                (inv / entry.name).symlink_to(entry)
+
+    def leaf_serials(self):
+        """Serials of every leaf certificate file the lab describes (CA files left out)."""
+        files = [v for v in self.info["paths"].values() if isinstance(v, str)]
+        for app in self.info["app_paths"].values():
+            files += [v for v in app.values() if isinstance(v, str)]
+        serials = set()
+        for f in files:
+            if not f.endswith((".crt", ".pem")):
+                continue
+            try:
+                cert = x509.load_pem_x509_certificate(Path(f).read_bytes())
+            except (OSError, ValueError):
+                continue
+            try:
+                if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                    continue
+            except x509.ExtensionNotFound:
+                pass
+            serials.add(cert.serial_number)
+        return serials
+
+    def ensure_ready(self):
+        """A run that failed may leave the server sealed (restart): unseal it so the next run
+        measures the rotation, not the previous failure. Returns what was done."""
+        try:
+            if self.lab.seal_status().get("sealed"):
+                self.lab.unseal()
+                return ["unsealed the server (the previous run left it sealed)"]
+        except (labmod.LabError, OSError) as exc:
+            return ["lab not answering before the run: %s" % exc]
+        return []
 
     # -- probes ------------------------------------------------------------
     def _probe(self, action, name, port, out):
@@ -171,73 +419,128 @@ class Bench:
         if action == "start":
             cmd += ["--port", str(port), "--server-name", self.info["tls_server_name"],
                     "--ca", paths["admin_ca"], "--cert", paths["admin_crt"], "--key", paths["admin_key"],
-                    "--interval", "0.02", "--out", str(out)]
+                    "--interval", str(PROBE_INTERVAL_S), "--max-seconds", str(self.run_timeout + 300),
+                    "--out", str(out)]
         else:
             cmd += ["--out", str(out)]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
     # -- one run -----------------------------------------------------------
-    def run(self, kind, rep):
-        tag = "n%d-%s-%d" % (self.n, kind, rep)
+    def run(self, tree, kind, rep):
+        tag = "n%d-%s-%s-%d" % (self.n, kind, tree.side, rep)
         timer_out = self.work / ("timer-%s.json" % tag)
+        timer_out.unlink(missing_ok=True)
         log = self.work / ("run-%s.log" % tag)
-        args = [str(BIN / "ansible-playbook"), "-i", str(self.inv),
-                "playbooks/rotate_all.yml", "-l", "lab"]
+        args = [str(BIN / "ansible-playbook"), "-i", str(self.inv_dir(tree)), "playbooks/rotate_all.yml", "-l", "lab"]
         if kind in ("forced", "restart"):
             args += ["-e", "vault_rotate_force=true"]
         if kind == "restart":
-            keys = json.loads((self.dir / "secrets" / "init.json").read_text())
+            keys = json.loads(Path(self.info["paths"]["init_json"]).read_text())
             kf = self.work / "unseal.json"
+            kf.touch(mode=0o600)
+            kf.chmod(0o600)
             kf.write_text(json.dumps({"vault_rotate_unseal_keys": keys.get("keys_base64") or keys.get("unseal_keys_b64"),
                                       "vault_rotate_restart_vault": "always"}))
-            kf.chmod(0o600)
             args += ["-e", "@%s" % kf]
+        fixups = self.ensure_ready()
+        serials_before = self.leaf_serials()
         probes = {"listener": self.info["ports"]["vault"], "proxy": self.info["ports"]["proxy"]}
-        for name, port in probes.items():
-            self._probe("start", name, port, self.work / ("probe-%s-%s.json" % (tag, name)))
-        audit_from = self.audit_log.stat().st_size if self.audit_log.exists() else 0
-        t0 = time.time()
-        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        with open(log, "w") as fh:
-            proc = subprocess.Popen(args, cwd=str(REPO), env=dict(self.env, BENCH_TIMER_OUT=str(timer_out)),
-                                    stdout=fh, stderr=subprocess.STDOUT)
-            rss = RssSampler(proc.pid)
-            rss.start()
-            rc = proc.wait()
-            rss.stop_flag = True
-        wall = time.time() - t0
-        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        outs = {name: self.work / ("probe-%s-%s.json" % (tag, name)) for name in probes}
+        load0 = os.getloadavg()
+        started = []
+        try:
+            for name, port in probes.items():
+                self._probe("start", name, port, outs[name])
+                started.append(name)
+            audit_from = self.audit_log.stat().st_size if self.audit_log.exists() else 0
+            t0 = time.time()
+            ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            rc, mem = self._playbook(args, tree, dict(self.env, BENCH_TIMER_OUT=str(timer_out)), log)
+            wall = time.time() - t0
+            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            time.sleep(0.3)
+        finally:
+            probe = {}
+            for name in started:
+                self._probe("stop", name, 0, outs[name])
+                probe[name] = json.loads(outs[name].read_text())
         # CPU seconds of ansible-playbook and every worker/module it waited for:
         # unlike wall time, barely inflated when other jobs share the cores.
         cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-        time.sleep(0.3)
-        probe = {}
-        for name in probes:
-            out = self.work / ("probe-%s-%s.json" % (tag, name))
-            self._probe("stop", name, 0, out)
-            probe[name] = json.loads(out.read_text())
         timer = json.loads(timer_out.read_text()) if timer_out.exists() else {}
-        res = {"n": self.n, "kind": kind, "rep": rep, "rc": rc, "wall_s": round(wall, 2),
-               "controller_cpu_s": round(cpu, 2), "loadavg": os.getloadavg(),
-               "log": str(log), "peak_rss_mb": round(rss.peak_kb / 1024.0, 1),
+        windows = self._windows(timer)
+        rotated = len(self.leaf_serials() - serials_before)
+        res = {"n": self.n, "kind": kind, "side": tree.side, "rep": rep, "rc": rc, "wall_s": round(wall, 2),
+               "controller_cpu_s": round(cpu, 2), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
+               "log": str(log), "lab_fixups": fixups,
+               "peak_pss_mb": round(mem.peak_pss_kb / 1024.0, 1), "peak_rss_mb": round(mem.peak_rss_kb / 1024.0, 1),
+               "peak_procs": mem.peak_procs, "mem_samples": mem.samples,
                "tasks_executed": timer.get("tasks_executed"), "tasks_started": timer.get("tasks_started"),
                "host_results": timer.get("host_results"), "phases_s": self._phases(timer),
-               "vault": self._audit(audit_from, timer), "probes": {k: self._probe_view(v) for k, v in probe.items()}}
+               "rotated_slots": rotated, "vault": self._audit(audit_from, windows, rotated),
+               "loaded": loaded_from(timer, tree, self.trees),
+               "probes": {k: self._probe_view(v) for k, v in probe.items()}}
         if kind == "restart":
             res["restart"] = self._restart_view(timer, probe["listener"])
         return res
+
+    def _playbook(self, args, tree, env, log):
+        """ansible-playbook from the tree's root (its ansible.cfg), memory sampled; bounded by BENCH_RUN_TIMEOUT."""
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(args, cwd=str(tree.root), env=env, stdout=fh, stderr=subprocess.STDOUT)
+            mem = MemSampler(proc.pid)
+            mem.start()
+            try:
+                rc = proc.wait(timeout=self.run_timeout or None)
+            except subprocess.TimeoutExpired:
+                fh.write("\nbench: stopped after BENCH_RUN_TIMEOUT=%ss\n" % self.run_timeout)
+                rc = self._stop_tree(proc, mem)
+            except BaseException:
+                self._stop_tree(proc, mem)
+                raise
+            finally:
+                mem.halt.set()
+                mem.join()
+        return rc, mem
+
+    @staticmethod
+    def _stop_tree(proc, mem):
+        """TERM the playbook and its workers (their own sessions), then KILL what is left."""
+        pids = mem.tree()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            try:
+                return proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                continue
+        return proc.wait()
+
+    @staticmethod
+    def _windows(timer):
+        """[(phase key, start epoch, end epoch)] per play, on the callback's clock (time.time(),
+        the same clock the Vault server stamps its audit entries with on this machine)."""
+        t0 = timer.get("t0_epoch", 0.0)
+        return [(phase_key(p["name"]), t0 + p["start"], t0 + p["end"]) for p in timer.get("plays", [])]
 
     @staticmethod
     def _phases(timer):
         out = {}
         for play in timer.get("plays", []):
-            for prefix, key in PHASES:
-                if play["name"].startswith(prefix):
-                    out[key] = round(out.get(key, 0) + play["dur"], 2)
+            key = phase_key(play["name"])
+            out[key] = round(out.get(key, 0) + play["dur"], 2)
         return out
 
-    def _audit(self, start, timer):
-        counts = {"total": 0, "issue_sign": 0, "login": 0, "other": {}}
+    def _audit(self, start, windows, rotated):
+        """Vault requests of the run from the audit log, in total and per phase (play window)."""
+        admin = self.info.get("admin", {})
+        admin_names = {admin.get("mapping"), admin.get("cn"), "cert-%s" % admin.get("cn")} - {None}
+        zero = {"requests": 0, "issue_sign": 0, "logins": 0, "admin_logins": 0}
+        total = dict(zero, other={})
+        phases = {}
         if self.audit_log.exists():
             with open(self.audit_log) as fh:
                 fh.seek(start)
@@ -246,22 +549,43 @@ class Bench:
                         e = json.loads(line)
                     except ValueError:
                         continue
-                    if e.get("type") != "request":
+                    path = (e.get("request") or {}).get("path", "")
+                    kind = e.get("type")
+                    if kind not in ("request", "response"):
                         continue
-                    path = e.get("request", {}).get("path", "")
-                    counts["total"] += 1
-                    if "/sign/" in path or "/issue/" in path:
-                        counts["issue_sign"] += 1
-                    elif path.startswith("auth/") and path.endswith("/login"):
-                        counts["login"] += 1
+                    login = path.startswith("auth/") and path.endswith("/login")
+                    try:
+                        ts = iso_epoch(e["time"])
+                    except (KeyError, ValueError):
+                        ts = None
+                    key = next((k for k, a, b in windows if ts is not None and a <= ts < b), OUTSIDE)
+                    ph = phases.setdefault(key, dict(zero))
+                    if kind == "response":
+                        # who logged in is known from the response (the new token's metadata)
+                        auth = (e.get("response") or {}).get("auth") or {}
+                        who = {auth.get("display_name"), (auth.get("metadata") or {}).get("cert_name"),
+                               (auth.get("metadata") or {}).get("common_name")}
+                        if login and who & admin_names:
+                            ph["admin_logins"] += 1
+                            total["admin_logins"] += 1
+                        continue
+                    ph["requests"] += 1
+                    total["requests"] += 1
+                    parts = path.split("/")
+                    if len(parts) > 2 and parts[1] in ("sign", "issue", "sign-verbatim"):
+                        ph["issue_sign"] += 1
+                        total["issue_sign"] += 1
+                    elif login:
+                        ph["logins"] += 1
+                        total["logins"] += 1
                     else:
-                        key = "/".join(path.split("/")[:2])
-                        counts["other"][key] = counts["other"].get(key, 0) + 1
-        pki = (timer.get("vault_requests") or {}).get("privsec.vault_rotate.pki_cert", {})
-        counts["rotated_slots"] = pki.get("results", 0)
-        counts["pki_cert_requests_per_slot"] = (round(pki["requests"] / pki["results"], 2)
-                                               if pki.get("results") else None)
-        return counts
+                        other = "/".join(parts[:2])
+                        total["other"][other] = total["other"].get(other, 0) + 1
+        total["phases"] = phases
+        total["issue_per_rotated_slot"] = round(total["issue_sign"] / rotated, 2) if rotated else None
+        total["admin_logins_max_per_phase"] = max((p["admin_logins"] for k, p in phases.items() if k != OUTSIDE),
+                                                  default=0)
+        return total
 
     @staticmethod
     def _probe_view(s):
@@ -270,32 +594,44 @@ class Bench:
                 "outage_ms": Bench._outage_ms(s)}
 
     @staticmethod
-    def _ts(iso):
-        return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
-
-    @staticmethod
     def _outage_ms(s):
         """First failed try (the first sample) to the last one (the summary's
         last_failure; the samples stop at 100), plus one interval."""
         samples = s.get("failure_samples") or []
         if not samples or not s.get("last_failure"):
             return 0.0
-        return round((Bench._ts(s["last_failure"]) - Bench._ts(samples[0]["t"])) * 1000.0 + 20.0, 1)
+        return round((iso_epoch(s["last_failure"]) - iso_epoch(samples[0]["t"]) + PROBE_INTERVAL_S) * 1000.0, 1)
 
     @staticmethod
     def _restart_view(timer, listener):
-        """Readiness lag: the end of the playbook's readiness task (vault_health,
-        which also unseals) minus the server's first good answer (the prober's
-        last failed try + one 20 ms interval)."""
+        """Readiness lag: when the playbook saw Vault ready minus the server's first good answer
+        (the prober's last failed try + one interval).
+
+        "Seen ready" is, in this order: the first `ready_at` (epoch seconds) a task
+        result reports after the outage began (the restart step's own timestamp,
+        no task overhead in it); else the end of the last vault_health task of the
+        restart phase (the baseline's readiness task)."""
         view = {"probe_failures": listener.get("failures"), "outage_ms": Bench._outage_ms(listener),
                 "failure_classes": listener.get("failure_classes")}
-        ready_task = [t for t in timer.get("tasks", []) if t["action"].endswith("vault_health")
-                      and t.get("play", "").startswith("Restart")]
-        if listener.get("last_failure") and ready_task:
-            detected = timer["t0_epoch"] + ready_task[-1]["end"]
-            view["ready_detect_lag_ms"] = round((detected - (Bench._ts(listener["last_failure"]) + 0.02)) * 1000.0, 1)
+        samples = listener.get("failure_samples") or []
+        if not listener.get("last_failure") or not samples:
+            view["ready_detect_lag_ms"], view["ready_source"] = None, "no outage seen by the prober"
+            return view
+        down = iso_epoch(samples[0]["t"])
+        good = iso_epoch(listener["last_failure"]) + PROBE_INTERVAL_S
+        seen = sorted(r["ready_at"] for r in timer.get("ready_at", []) if r["ready_at"] >= down)
+        if seen:
+            detected, view["ready_source"] = seen[0], "ready_at"
+        else:
+            tasks = [t for t in timer.get("tasks", []) if t["action"].endswith("vault_health")
+                     and phase_key(t.get("play", "")) == "restart"]
+            detected = timer["t0_epoch"] + tasks[-1]["end"] if tasks else None
+            view["ready_source"] = "end of the vault_health task" if tasks else "none (no ready_at, no vault_health task)"
+        view["ready_detect_lag_ms"] = round((detected - good) * 1000.0, 1) if detected else None
         return view
 
+
+# -- summary and table ------------------------------------------------------------
 
 def machine():
     def ver(cmd):
@@ -311,107 +647,258 @@ def machine():
             "loadavg_start": os.getloadavg()}
 
 
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
 def summarize(runs):
     groups = {}
     for r in runs:
-        groups.setdefault((r["n"], r["kind"]), []).append(r)
+        groups.setdefault((r["n"], r["kind"], r["side"]), []).append(r)
     rows = []
-    for (n, kind), rs in sorted(groups.items()):
+    for (n, kind, side), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "current")):
         walls = [r["wall_s"] for r in rs]
-        def med(f, rs=rs):
-            vals = [f(r) for r in rs if f(r) is not None]
-            return statistics.median(vals) if vals else None
-        row = {"n": n, "kind": kind, "reps": len(rs), "ok": all(r["rc"] == 0 for r in rs),
-               "wall_median_s": round(statistics.median(walls), 2),
-               "wall_min_s": min(walls), "wall_max_s": max(walls),
-               "cpu_median_s": med(lambda r: r.get("controller_cpu_s")),
-               "tasks": med(lambda r: r["tasks_executed"]),
-               "vault_requests": med(lambda r: r["vault"]["total"]),
-               "issue_per_slot": med(lambda r: (r["vault"]["issue_sign"] / r["vault"]["rotated_slots"])
-                                     if r["vault"]["rotated_slots"] else None),
-               "logins": med(lambda r: r["vault"]["login"]),
-               "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+        phase_keys = list(dict.fromkeys(k for r in rs for k in r["phases_s"]))
+        vault_keys = list(dict.fromkeys(k for r in rs for k in r["vault"]["phases"]))
+        row = {"n": n, "kind": kind, "side": side, "reps": len(rs), "ok": all(r["rc"] == 0 for r in rs),
+               "loaded_ok": all(r["loaded"]["ok"] for r in rs),
+               "collection": sorted({r["loaded"]["collection"] or "?" for r in rs}),
+               "wall_median_s": round(statistics.median(walls), 2), "wall_min_s": min(walls), "wall_max_s": max(walls),
+               "cpu_median_s": _median(r.get("controller_cpu_s") for r in rs),
+               "tasks": _median(r["tasks_executed"] for r in rs),
+               "vault_requests": _median(r["vault"]["requests"] for r in rs),
+               "issue_sign": _median(r["vault"]["issue_sign"] for r in rs),
+               "rotated_slots": _median(r["rotated_slots"] for r in rs),
+               "issue_per_slot": _median(r["vault"]["issue_per_rotated_slot"] for r in rs),
+               "logins": _median(r["vault"]["logins"] for r in rs),
+               "admin_logins": _median(r["vault"]["admin_logins"] for r in rs),
+               "admin_logins_max_per_phase": max(r["vault"]["admin_logins_max_per_phase"] for r in rs),
+               "peak_pss_mb": max(r["peak_pss_mb"] for r in rs), "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
                "listener_fail": sum(r["probes"]["listener"]["failures"] or 0 for r in rs),
                "listener_max_gap_ms": max(r["probes"]["listener"]["max_gap_ms"] or 0 for r in rs),
                "proxy_fail": sum(r["probes"]["proxy"]["failures"] or 0 for r in rs),
                "proxy_max_gap_ms": max(r["probes"]["proxy"]["max_gap_ms"] or 0 for r in rs),
+               "loadavg_1m": [min(r["loadavg_start"][0] for r in rs), max(r["loadavg_end"][0] for r in rs)],
                "phases_median_s": {k: round(statistics.median([r["phases_s"].get(k, 0) for r in rs]), 2)
-                                   for k in rs[0]["phases_s"]}}
+                                   for k in phase_keys},
+               "vault_phases_median": {k: {m: _median(r["vault"]["phases"].get(k, {}).get(m, 0) for r in rs)
+                                           for m in ("requests", "issue_sign", "logins", "admin_logins")}
+                                       for k in vault_keys}}
         if kind == "restart":
             row["listener_outage_ms"] = max(r["restart"]["outage_ms"] for r in rs)
-            row["ready_detect_lag_ms"] = med(lambda r: r["restart"].get("ready_detect_lag_ms"))
+            row["ready_detect_lag_ms"] = _median(r["restart"].get("ready_detect_lag_ms") for r in rs)
+            row["ready_source"] = sorted({r["restart"].get("ready_source") for r in rs})
+        if kind == "noop" and any(r["vault"]["issue_sign"] for r in rs):
+            row["warning"] = "a no-op run signed or issued certificates: it was not a no-op"
         rows.append(row)
     return rows
 
 
-def table(rows):
-    head = ("N", "kind", "reps", "wall med", "min..max", "cpu", "tasks", "vault req", "iss/slot", "logins",
-            "RSS MB", "lsn fail", "lsn gap", "prx fail", "prx gap")
-    lines = ["%-3s %-8s %4s %9s %13s %6s %6s %9s %8s %6s %7s %8s %8s %8s %8s" % head]
+RATIO_FIELDS = ("wall_median_s", "cpu_median_s", "tasks", "vault_requests", "logins", "peak_pss_mb", "peak_rss_mb")
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
+def compare(rows):
+    """current / baseline per (N, kind), for the fields where smaller is better."""
+    by = {(r["n"], r["kind"], r["side"]): r for r in rows}
+    out = []
+    for (n, kind, side), cur in by.items():
+        base = by.get((n, kind, "baseline"))
+        if side == "current" and base:
+            out.append(dict({"n": n, "kind": kind}, **{f: ratio(cur[f], base[f]) for f in RATIO_FIELDS},
+                            phases_s={k: ratio(v, base["phases_median_s"].get(k))
+                                      for k, v in cur["phases_median_s"].items()}))
+    return out
+
+
+def slopes(rows):
+    """Seconds per extra app between the smallest and the largest N measured, per side and kind."""
+    out = []
+    groups = {}
     for r in rows:
-        lines.append("%-3d %-8s %4d %8.1fs %13s %6s %6s %9s %8s %6s %7.0f %8d %7.0fms %8d %7.0fms" % (
-            r["n"], r["kind"], r["reps"], r["wall_median_s"], "%.1f..%.1f" % (r["wall_min_s"], r["wall_max_s"]),
-            "-" if r["cpu_median_s"] is None else "%.0fs" % r["cpu_median_s"], r["tasks"], r["vault_requests"],
-            "-" if r["issue_per_slot"] is None else "%.2f" % r["issue_per_slot"],
-            r["logins"], r["peak_rss_mb"], r["listener_fail"], r["listener_max_gap_ms"], r["proxy_fail"],
-            r["proxy_max_gap_ms"]))
+        groups.setdefault((r["side"], r["kind"]), []).append(r)
+    for (side, kind), rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: r["n"])
+        if len(rs) >= 2:
+            lo, hi = rs[0], rs[-1]
+            out.append({"side": side, "kind": kind, "n_from": lo["n"], "n_to": hi["n"],
+                        "s_per_app": round((hi["wall_median_s"] - lo["wall_median_s"]) / (hi["n"] - lo["n"]), 3),
+                        "pss_mb_per_app": round((hi["peak_pss_mb"] - lo["peak_pss_mb"]) / (hi["n"] - lo["n"]), 2)})
+    return out
+
+
+def _f(v, fmt, none="-"):
+    return none if v is None else fmt % v
+
+
+def _x(v):
+    return "-" if v is None else "%.2fx" % v
+
+
+def table(result):
+    rows, cmp_rows = result["summary"], result["compare"]
+    head = ("N", "kind", "side", "reps", "wall med", "min..max", "cpu", "tasks", "req", "sign", "slots", "iss/slot",
+            "logins", "adm/ph", "PSS MB", "RSS MB", "lsn fail", "lsn gap", "prx fail", "prx gap", "load")
+    fmt = "%-3s %-7s %-8s %4s %9s %13s %6s %5s %5s %4s %5s %8s %6s %6s %6s %6s %8s %8s %8s %8s %9s"
+    lines = [fmt % head]
+    cmp_by = {(c["n"], c["kind"]): c for c in cmp_rows}
+    for r in rows:
+        lines.append(fmt % (
+            r["n"], r["kind"], r["side"], r["reps"], "%.1fs" % r["wall_median_s"],
+            "%.1f..%.1f" % (r["wall_min_s"], r["wall_max_s"]), _f(r["cpu_median_s"], "%.0fs"), _f(r["tasks"], "%d"),
+            _f(r["vault_requests"], "%d"), _f(r["issue_sign"], "%d"), _f(r["rotated_slots"], "%d"),
+            _f(r["issue_per_slot"], "%.2f"), _f(r["logins"], "%d"), r["admin_logins_max_per_phase"],
+            "%.0f" % r["peak_pss_mb"], "%.0f" % r["peak_rss_mb"], r["listener_fail"], "%.0fms" % r["listener_max_gap_ms"],
+            r["proxy_fail"], "%.0fms" % r["proxy_max_gap_ms"], "%.1f-%.1f" % tuple(r["loadavg_1m"])))
+        c = cmp_by.get((r["n"], r["kind"]))
+        if c and r["side"] == "baseline":
+            lines.append(fmt % (r["n"], r["kind"], "cur/base", "", _x(c["wall_median_s"]), "", _x(c["cpu_median_s"]),
+                                _x(c["tasks"]), _x(c["vault_requests"]), "", "", "", _x(c["logins"]), "",
+                                _x(c["peak_pss_mb"]), _x(c["peak_rss_mb"]), "", "", "", "", ""))
+    for r in rows:
+        if r.get("warning"):
+            lines.append("WARNING N=%d %s %s: %s" % (r["n"], r["kind"], r["side"], r["warning"]))
+        if not r["ok"]:
+            lines.append("WARNING N=%d %s %s: a run failed (rc != 0): see its log in the JSON" % (r["n"], r["kind"], r["side"]))
+    sl = result["slopes"]
+    if sl:
+        lines.append("")
+        lines.append("scaling (wall s and PSS MB per extra app, smallest to largest N):")
+        for s in sl:
+            lines.append("  %-8s %-7s N=%d..%d  %.2f s/app  %.1f MB/app" % (
+                s["side"], s["kind"], s["n_from"], s["n_to"], s["s_per_app"], s["pss_mb_per_app"]))
     lines.append("")
-    lines.append("per phase (median s): " + ", ".join(sorted({k for r in rows for k in r["phases_median_s"]})))
+    lines.append("per phase (median): s = play time, req = Vault requests, sign = sign/issue, login = cert logins, "
+                 "adm = admin logins")
+    groups = {}
     for r in rows:
-        lines.append("  N=%-3d %-8s %s" % (r["n"], r["kind"], "  ".join(
-            "%s=%.1f" % (k, v) for k, v in r["phases_median_s"].items())))
+        groups.setdefault((r["n"], r["kind"]), {})[r["side"]] = r
+    for (n, kind), sides in groups.items():
+        order = [s for s in ("current", "baseline") if s in sides]
+        keys = list(dict.fromkeys(k for s in order for k in list(sides[s]["phases_median_s"]) +
+                                  list(sides[s]["vault_phases_median"])))
+        lines.append("  N=%d %s" % (n, kind))
+        lines.append("    %-16s" % "phase" + "".join("| %-8s %6s %4s %4s %5s %3s " % (s, "s", "req", "sign", "login", "adm")
+                                                  for s in order) + ("| cur/base s" if len(order) == 2 else ""))
+        for k in keys:
+            cells = []
+            for s in order:
+                v = sides[s]["vault_phases_median"].get(k, {})
+                cells.append("| %-8s %6s %4s %4s %5s %3s " % (
+                    "", _f(sides[s]["phases_median_s"].get(k), "%.1f"), _f(v.get("requests"), "%d"),
+                    _f(v.get("issue_sign"), "%d"), _f(v.get("logins"), "%d"), _f(v.get("admin_logins"), "%d")))
+            tail = ""
+            if len(order) == 2:
+                tail = "| " + _x(ratio(sides["current"]["phases_median_s"].get(k),
+                                       sides["baseline"]["phases_median_s"].get(k)))
+            lines.append("    %-16s" % k + "".join(cells) + tail)
+    for r in rows:
         if r["kind"] == "restart":
-            lines.append("  N=%-3d restart: listener outage %.0f ms, readiness detected %s ms after ready" % (
-                r["n"], r["listener_outage_ms"], r["ready_detect_lag_ms"]))
+            lines.append("  N=%d restart %s: listener outage %.0f ms, readiness seen %s ms after the first good answer (%s)"
+                         % (r["n"], r["side"], r["listener_outage_ms"], _f(r["ready_detect_lag_ms"], "%.0f"),
+                            ", ".join(r["ready_source"])))
+    lines.append("")
+    for side, tree in result["trees"].items():
+        rs = [r for r in rows if r["side"] == side]
+        ok = all(r["loaded_ok"] for r in rs)
+        colls = sorted({c for r in rs for c in r["collection"]})
+        lines.append("%s: %s @ %s%s; collection loaded from %s: %s" % (
+            side, tree["root"], tree["sha"][:7],
+            " (+%d uncommitted changes)" % tree["uncommitted_changes"] if tree["uncommitted_changes"] else "",
+            ", ".join(colls) or "-", "verified on every run" if ok else "NOT VERIFIED (see loaded in the JSON)"))
     return "\n".join(lines)
 
 
+def save_copy(out, result):
+    """BENCH_SAVE=1: keep the result under bench/results/ (committed by hand when it is notable)."""
+    dest_dir = REPO / "bench" / "results"
+    dest_dir.mkdir(exist_ok=True)
+    stamp = result["started"]  # 20261129T193500Z
+    name = "%s-%s-%s-n%s" % (stamp[:4], stamp[4:6], stamp[6:8], "-".join(str(n) for n in result["config"]["apps"]))
+    if "baseline" in result["trees"]:
+        name += "-vs-%s" % result["trees"]["baseline"]["sha"][:7]
+    dest = dest_dir / (name + ".json")
+    if dest.exists():
+        dest = dest_dir / ("%s-%s.json" % (name, stamp[9:15]))
+    shutil.copyfile(out, dest)
+    return dest
+
+
 def main():
-    ns = [int(x) for x in env_list("BENCH_APPS", "2 8")]
+    ns = [int(x) for x in env_list("BENCH_APPS", "2 8 32")]
+    base_ns = [int(x) for x in env_list("BENCH_BASELINE_APPS", "2")]
     reps = int(os.environ.get("BENCH_REPS", "1"))
     kinds = env_list("BENCH_KINDS", "forced noop")
-    restart = os.environ.get("BENCH_RESTART", "1") not in ("0", "", "false", "no")
+    restart = env_flag("BENCH_RESTART", "1")
     port_base = int(os.environ.get("BENCH_PORT_BASE", "31000"))
     workdir = Path(os.environ.get("BENCH_WORKDIR", str(REPO / ".cache" / "bench"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(os.environ.get("BENCH_OUT", str(workdir / ("bench-%s.json" % stamp))))
-    result = {"format": "privsec.vault_rotate.bench/v1", "started": stamp, "machine": machine(),
-              "config": {"apps": ns, "reps": reps, "kinds": kinds, "restart": restart, "port_base": port_base},
-              "runs": []}
+    trees = [current_tree()]
+    ref = baseline_ref()
+    if ref:
+        trees.append(baseline_tree(ref, workdir))
+    for tree in trees:
+        print("bench: %s" % tree.describe(), flush=True)
+    result = {"format": FORMAT, "started": stamp, "machine": machine(),
+              "config": {"apps": ns, "baseline_apps": base_ns if ref else [], "reps": reps, "kinds": kinds,
+                         "restart": restart, "port_base": port_base, "baseline_ref": ref,
+                         "run_timeout_s": float(os.environ.get("BENCH_RUN_TIMEOUT", "3600"))},
+              "trees": {t.side: t.as_json() for t in trees}, "runs": []}
+
     def save():  # after every run, so an interrupted bench keeps what it measured
-        result["summary"] = summarize(result["runs"]) if result["runs"] else []
+        result["summary"] = summarize(result["runs"])
+        result["compare"] = compare(result["summary"])
+        result["slopes"] = slopes(result["summary"])
         result["machine"]["loadavg_end"] = os.getloadavg()
         out.write_text(json.dumps(result, indent=1))
         shutil.copyfile(out, workdir / "latest.json")
 
+    def record(r):
+        result["runs"].append(r)
+        save()
+        v = r["vault"]
+        print("bench: N=%d %-7s #%d %-8s rc=%d %.1fs cpu=%.0fs tasks=%s vault=%d sign=%d/%d slots PSS=%.0fMB "
+              "lsn_fail=%s prx_fail=%s load=%.1f %s%s" % (
+                  r["n"], r["kind"], r["rep"], r["side"], r["rc"], r["wall_s"], r["controller_cpu_s"],
+                  r["tasks_executed"], v["requests"], v["issue_sign"], r["rotated_slots"], r["peak_pss_mb"],
+                  r["probes"]["listener"]["failures"], r["probes"]["proxy"]["failures"], r["loadavg_end"][0],
+                  "collection " + str(r["loaded"]["collection"]) if r["loaded"]["ok"] else
+                  "COLLECTION NOT VERIFIED: %s" % r["loaded"],
+                  "".join(" [%s]" % f for f in r["lab_fixups"])), flush=True)
+
     for i, n in enumerate(ns):
-        b = Bench(n, port_base, workdir)
+        # baseline first, then current; the next repetition starts with the other one
+        sides = [t for t in reversed(trees) if t.side == "current" or n in base_ns]
+        b = Bench(n, port_base, workdir, trees)
         print("bench: N=%d: lab up (%s)" % (n, b.dir), flush=True)
         b.up()
         try:
             # No warm-up: on the fresh lab every slot is due, so the first forced
             # run does exactly the work of any other forced run.
             for rep in range(1, reps + 1):
+                order = sides if rep % 2 else list(reversed(sides))
                 for kind in kinds:
-                    r = b.run(kind, rep)
-                    result["runs"].append(r)
-                    save()
-                    print("bench: N=%d %-7s #%d rc=%d %.1fs tasks=%s vault=%s lsn_fail=%s prx_fail=%s" % (
-                        n, kind, rep, r["rc"], r["wall_s"], r["tasks_executed"], r["vault"]["total"],
-                        r["probes"]["listener"]["failures"], r["probes"]["proxy"]["failures"]), flush=True)
+                    for tree in order:
+                        record(b.run(tree, kind, rep))
             if restart and i == 0:
-                r = b.run("restart", 1)
-                result["runs"].append(r)
-                save()
-                print("bench: N=%d restart rc=%d %.1fs %s" % (n, r["rc"], r["wall_s"], r["restart"]), flush=True)
+                for tree in sides:
+                    record(b.run(tree, "restart", 1))
         finally:
             b.down(purge=os.environ.get("BENCH_KEEP") is None)
     save()
     print()
-    print(table(result["summary"]))
+    print(table(result))
     print("\nJSON: %s" % out)
-    return 0 if all(r["rc"] == 0 for r in result["runs"]) else 1
+    if env_flag("BENCH_SAVE", "0"):
+        print("saved: %s" % save_copy(out, result))
+    ok = all(r["rc"] == 0 and r["loaded"]["ok"] for r in result["runs"])
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
