@@ -216,6 +216,7 @@ class MemSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.every = pid, every
         self.peak_pss_kb = self.peak_rss_kb = self.peak_procs = self.samples = 0
+        self.cpu_s = 0.0  # what sampling cost (it shares the cores with the run it measures)
         self.halt = threading.Event()
         me = os.getpid()
         self.has_children_file = os.path.exists("/proc/%d/task/%d/children" % (me, me))
@@ -281,6 +282,7 @@ class MemSampler(threading.Thread):
 
     def run(self):
         while True:
+            t0 = time.thread_time()
             procs = self.tree()
             pss = rss = 0
             for pid in procs:
@@ -290,6 +292,7 @@ class MemSampler(threading.Thread):
             self.peak_pss_kb = max(self.peak_pss_kb, pss)
             self.peak_rss_kb = max(self.peak_rss_kb, rss)
             self.peak_procs = max(self.peak_procs, len(procs))
+            self.cpu_s += time.thread_time() - t0
             if self.halt.wait(self.every):
                 return
 
@@ -474,7 +477,7 @@ class Bench:
                "controller_cpu_s": round(cpu, 2), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
                "log": str(log), "lab_fixups": fixups,
                "peak_pss_mb": round(mem.peak_pss_kb / 1024.0, 1), "peak_rss_mb": round(mem.peak_rss_kb / 1024.0, 1),
-               "peak_procs": mem.peak_procs, "mem_samples": mem.samples,
+               "peak_procs": mem.peak_procs, "mem_samples": mem.samples, "mem_sampler_cpu_s": round(mem.cpu_s, 2),
                "tasks_executed": timer.get("tasks_executed"), "tasks_started": timer.get("tasks_started"),
                "host_results": timer.get("host_results"), "phases_s": self._phases(timer),
                "rotated_slots": rotated, "vault": self._audit(audit_from, windows, rotated),
@@ -608,9 +611,10 @@ class Bench:
         (the prober's last failed try + one interval).
 
         "Seen ready" is, in this order: the first `ready_at` (epoch seconds) a task
-        result reports after the outage began (the restart step's own timestamp,
-        no task overhead in it); else the end of the last vault_health task of the
-        restart phase (the baseline's readiness task)."""
+        of the restart phase reports after the outage began (the restart step's own
+        timestamp, no task overhead in it); else the first `ready_at` of any task
+        after the outage began; else the end of the last vault_health task of the
+        restart phase (the readiness task of versions without ready_at)."""
         view = {"probe_failures": listener.get("failures"), "outage_ms": Bench._outage_ms(listener),
                 "failure_classes": listener.get("failure_classes")}
         samples = listener.get("failure_samples") or []
@@ -619,9 +623,12 @@ class Bench:
             return view
         down = iso_epoch(samples[0]["t"])
         good = iso_epoch(listener["last_failure"]) + PROBE_INTERVAL_S
-        seen = sorted(r["ready_at"] for r in timer.get("ready_at", []) if r["ready_at"] >= down)
-        if seen:
-            detected, view["ready_source"] = seen[0], "ready_at"
+        after = [r for r in timer.get("ready_at", []) if r["ready_at"] >= down]
+        in_restart = [r for r in after if phase_key(r["play"]) == "restart"]
+        if after:
+            pick = min(in_restart or after, key=lambda r: r["ready_at"])
+            detected = pick["ready_at"]
+            view["ready_source"] = "ready_at of %s task %r" % (phase_key(pick["play"]), pick["task"])
         else:
             tasks = [t for t in timer.get("tasks", []) if t["action"].endswith("vault_health")
                      and phase_key(t.get("play", "")) == "restart"]
