@@ -46,6 +46,14 @@ FAILURE_CLASSES = (
     "key_mismatch",
     "write_failed",
     "policy_mismatch",
+    # Classes of the phase gates and the run (plugins/module_utils/_engine.py, plugins/action/).
+    "reload_failed",
+    "client_ca_incomplete",
+    "unit_not_active",
+    "stale_token",
+    "interlock",
+    "locked",
+    "unknown",
 )
 
 

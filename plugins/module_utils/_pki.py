@@ -205,8 +205,12 @@ def trust_bundle(described):
     return dedupe([chain[0] for _d, chain in valid] + [c for _d, chain in valid for c in chain[1:]])
 
 
-def read_issuers(client, mount, valid_only=True, now=None):
+def read_issuers(client, mount, valid_only=True, now=None, public=False):
     """Every issuer of `mount`, read and parsed, and the trust bundle of the valid ones.
+
+    With `public`, only the endpoints that need no token are read (LIST
+    <mount>/issuers and <mount>/issuer/<id>/json): no login, but no revocation
+    state either (every issuer in its validity period counts as valid).
 
     Returns {issuers (default first, then by not_after; the valid ones only
     unless valid_only is false), ca_bundle (PEM), ca_bundle_certs,
@@ -217,7 +221,7 @@ def read_issuers(client, mount, valid_only=True, now=None):
     now = now or utcnow()
     described = []
     for issuer_id, listed in sorted(list_issuers(client, mount).items()):
-        answer = client.read("%s/issuer/%s" % (mount, issuer_id)) or {}
+        answer = client.read("%s/issuer/%s%s" % (mount, issuer_id, "/json" if public else "")) or {}
         described.append(describe_issuer(issuer_id, listed, answer.get("data") or {}, now))
     described.sort(key=lambda item: (not item[0]["is_default"], item[0]["not_after"], item[0]["serial"]))
     default = [chain for d, chain in described if d["is_default"]]

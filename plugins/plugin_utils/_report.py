@@ -1,12 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright: privsec platform engineering
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters that turn the per-slot and per-phase results of a rotation run into
-the plan table, the JSON report and the Markdown report.
+"""The per-slot and per-phase results of a rotation run turned into the plan
+table, the JSON report and the Markdown report; the environment interlock.
 
-They run on the controller, but stay Python 3.9-compatible like the rest of
-plugins/. Every output is built from an explicit allow-list of fields, so a
-result that happens to carry PEM, a key or a token never reaches a report.
+Controller side (the action plugins and the filters of plugins/filter/report.py).
+Every output is built from an explicit allow-list of fields, so a result that
+happens to carry PEM, a key or a token never reaches a report.
 """
 from __future__ import absolute_import, division, print_function
 
@@ -38,6 +38,9 @@ def _scrub(value, limit=500):
         return None
     text = _SECRET_RE.sub("[redacted]", str(value))
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+scrub = _scrub
 
 
 def _parse_time(value):
@@ -312,7 +315,7 @@ def env_interlock(host_envs, groups, extra_env_groups=None, admin_group="vault_a
             "the limit and the variables disagree" % (env, ", ".join(hosts), env, member_of))
     env = next(iter(by_env)) if len(by_env) == 1 else None
     admin_host = None
-    if env is not None and not outside:
+    if env is not None and not outside and admin_group:
         admins = [h for h in (groups.get(admin_group) or []) if h in host_envs and h in (groups.get(env) or [])]
         if len(admins) != 1:
             problems.append(
@@ -332,16 +335,3 @@ def to_epoch(value):
 def to_iso8601(value):
     """ISO 8601 string, datetime or epoch -> `YYYY-MM-DDTHH:MM:SSZ` (UTC); None when unparsable."""
     return _iso(value)
-
-
-class FilterModule(object):
-    def filters(self):
-        return {
-            "env_interlock": env_interlock,
-            "to_epoch": to_epoch,
-            "to_iso8601": to_iso8601,
-            "plan_rows": plan_rows,
-            "plan_table": plan_table,
-            "report_build": report_build,
-            "report_markdown": report_markdown,
-        }

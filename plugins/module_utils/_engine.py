@@ -1,0 +1,886 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) privsec platform engineering
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The phase engine: what every phase does to its certificates, in one place.
+
+A phase is a list of slots (certificate + key files), trust bundles (CA files)
+and cert-auth mappings, the units that read them, and the gates that prove
+the result. The action plugin ``privsec.vault_rotate.phase`` builds those from
+the inventory (plugin_utils/_catalog.py) and calls one step of this engine per
+host, either through the module of the same name or, for a host whose
+connection is the controller itself, in its own process:
+
+host steps (run where the files live, one call per host for all its slots)
+  plan      inspect every slot and bundle, read the units; with ``prepare``,
+            stage a new key and make the CSR of every slot that is due
+  apply     install the signed certificates (key + cert + chains as one group),
+            write the bundles, reload/restart the units that read what
+            changed, then run the host's gates
+  rollback  put back what this run changed (``.prev`` of the slots whose new
+            serial is installed, bundles as they were before the run), reload/
+            restart again, run the proofs
+
+admin steps (run where the admin identity lives, one login per call)
+  check     Vault ready and the admin identity logs in; the issuers of the mount
+  sign      sign every CSR of the run
+  mappings  write the cert-auth mappings in full where they differ
+  gate      the gates that need the admin identity
+  ready     wait, bounded, until a restarted Vault is ready, unsealing it
+
+Every step returns data, never raises for a failed gate: the result carries
+``failure`` ({gate, failure_class, msg, hint}) and the caller decides.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import os
+import time
+
+from ansible_collections.privsec.vault_rotate.plugins.module_utils import _x509
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._bundle import ensure_bundle, restore_bundle
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError, classify_exception
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._files import backup_path
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._health import wait_ready
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._login import cert_login
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._mapping import ensure_mapping
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._material import Material, fields
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._pki import read_issuers, sign_or_issue
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._services import Services
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._tls import make_context, probe_until
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._vault import VaultClient
+
+HOST_STEPS = ("plan", "apply", "rollback")
+ADMIN_STEPS = ("check", "sign", "mappings", "gate", "ready")
+STEPS = HOST_STEPS + ADMIN_STEPS
+
+# ------------------------------------------------------------------ specs
+# Argument specs (AnsibleModule format) of everything a step takes: the module
+# validates its arguments with them, the in-process path with the same spec,
+# so a misspelt key fails loudly either way.
+
+NOTIFY_OPTIONS = dict(
+    unit=dict(type="str", required=True),
+    action=dict(type="str", required=True, choices=["reload", "restart"]),
+)
+
+SLOT_OPTIONS = dict(
+    name=dict(type="str", required=True),
+    phase=dict(type="str", required=True),
+    label=dict(type="str"),
+    cert_path=dict(type="path", required=True),
+    key_path=dict(type="path", required=True),
+    fullchain_path=dict(type="path"),
+    chain_path=dict(type="path"),
+    common_name=dict(type="str", required=True),
+    dns_names=dict(type="list", elements="str", default=[]),
+    ip_addresses=dict(type="list", elements="str", default=[]),
+    pki_mount=dict(type="str", required=True),
+    pki_role=dict(type="str", required=True),
+    ttl=dict(type="str"),
+    key_type=dict(type="str", choices=["ec", "rsa"], default="ec"),
+    key_size=dict(type="int"),
+    owner=dict(type="str"),
+    group=dict(type="str"),
+    key_mode=dict(type="str", default="0600"),
+    cert_mode=dict(type="str", default="0644"),
+    renew_fraction=dict(type="float", default=0.6667),
+    force=dict(type="bool", default=False),
+    notify=dict(type="list", elements="dict", options=NOTIFY_OPTIONS, default=[]),
+    # apply: the certificate signed for this run (PEM) and its CA chain
+    certificate=dict(type="str"),
+    chain=dict(type="str"),
+    # rollback: the serial this run installed (only that one is rolled back)
+    new_serial=dict(type="str"),
+)
+
+BUNDLE_OPTIONS = dict(
+    name=dict(type="str", required=True),
+    phase=dict(type="str", required=True),
+    path=dict(type="path", required=True),
+    owner=dict(type="str"),
+    group=dict(type="str"),
+    mode=dict(type="str", default="0644"),
+    notify=dict(type="list", elements="dict", options=NOTIFY_OPTIONS, default=[]),
+    # Why a restart of Vault is needed when this file changes (read at start only).
+    restart_reason=dict(type="str"),
+    # rollback: restore (this run wrote it: put the .prev back), repair (the run found it as
+    # wanted: write that again if something broke it under the run), leave
+    rollback=dict(type="str", choices=["restore", "repair", "leave"], default="leave"),
+)
+
+GATE_KINDS = ("unit", "login", "token", "files", "probe", "client_ca", "health", "admin_login")
+GATE_OPTIONS = dict(
+    kind=dict(type="str", required=True, choices=list(GATE_KINDS)),
+    name=dict(type="str", required=True),
+    # unit, token
+    unit=dict(type="str"),
+    # login, token (the identity that logs in / reads its token)
+    url=dict(type="str"),
+    tls_server_name=dict(type="str"),
+    ca_cert=dict(type="path"),
+    client_cert=dict(type="path"),
+    client_key=dict(type="path", no_log=False),
+    mount=dict(type="str", default="cert"),
+    mapping=dict(type="str"),
+    expected_policies=dict(type="list", elements="str"),
+    policies_match=dict(type="str", choices=["exact", "superset"], default="exact"),
+    # token: the rendered lookup-self (whoami) file, or the agent's token sink
+    whoami_path=dict(type="path"),
+    sink_path=dict(type="path"),
+    # files, probe: which slot's certificate must be there / served
+    slot=dict(type="str"),
+    min_days_left=dict(type="float", default=0),
+    # probe
+    host=dict(type="str"),
+    port=dict(type="int"),
+    server_name=dict(type="str"),
+    ca_pem=dict(type="str"),
+    http_path=dict(type="str"),
+    expect_status=dict(type="int"),
+    expect_serial=dict(type="str"),
+    # client_ca: a bundle file that must verify a client certificate (PEM)
+    path=dict(type="path"),
+    cert_pem=dict(type="str"),
+    cert_label=dict(type="str"),
+    # every kind
+    wait_timeout=dict(type="float", default=0),
+    interval=dict(type="float", default=0.5),
+    next=dict(type="str"),
+)
+
+CONNECTION_OPTIONS = dict(
+    url=dict(type="str", required=True),
+    ca_cert=dict(type="path"),
+    client_cert=dict(type="path"),
+    client_key=dict(type="path", no_log=False),
+    tls_server_name=dict(type="str"),
+    cert_auth_mount=dict(type="str", default="cert"),
+    cert_role=dict(type="str"),
+    timeout=dict(type="float", default=10),
+)
+
+SIGN_OPTIONS = dict(
+    slot=dict(type="str", required=True),
+    pki_mount=dict(type="str", required=True),
+    pki_role=dict(type="str", required=True),
+    csr=dict(type="str", required=True),
+    common_name=dict(type="str", required=True),
+    dns_names=dict(type="list", elements="str", default=[]),
+    ip_addresses=dict(type="list", elements="str", default=[]),
+    ttl=dict(type="str"),
+)
+
+MAPPING_OPTIONS = dict(
+    name=dict(type="str", required=True),
+    mount=dict(type="str", default="cert"),
+    allowed_common_names=dict(type="list", elements="str", required=True),
+    token_policies=dict(type="list", elements="str", required=True),
+    display_name=dict(type="str"),
+    token_ttl=dict(type="raw"),
+    token_max_ttl=dict(type="raw"),
+)
+
+SERVICE_OPTIONS = dict(
+    backend=dict(type="str", choices=["systemd_user", "command"], default="systemd_user"),
+    user=dict(type="str"),
+    commands=dict(type="dict", default={}),
+)
+
+ARGUMENT_SPEC = dict(
+    phase=dict(type="str", required=True),
+    step=dict(type="str", required=True, choices=list(STEPS)),
+    slots=dict(type="list", elements="dict", options=SLOT_OPTIONS, default=[]),
+    bundles=dict(type="list", elements="dict", options=BUNDLE_OPTIONS, default=[]),
+    units=dict(type="list", elements="str", default=[]),
+    gates=dict(type="list", elements="dict", options=GATE_OPTIONS, default=[]),
+    proofs=dict(type="list", elements="dict", options=GATE_OPTIONS, default=[]),
+    ca_bundle=dict(type="str"),
+    prepare=dict(type="list", elements="str", default=[]),
+    service=dict(type="dict", options=SERVICE_OPTIONS),
+    connection=dict(type="dict", options=CONNECTION_OPTIONS),
+    pki_mount=dict(type="str"),
+    expected_policies=dict(type="list", elements="str", default=[]),
+    requests=dict(type="list", elements="dict", options=SIGN_OPTIONS, default=[]),
+    mappings=dict(type="list", elements="dict", options=MAPPING_OPTIONS, default=[]),
+    compare=dict(type="list", elements="dict", options=MAPPING_OPTIONS, default=[]),
+    restart=dict(type="list", elements="str", default=[]),
+    unseal_keys=dict(type="list", elements="str", no_log=True, default=[]),
+    wait_timeout=dict(type="float", default=30),
+    interval=dict(type="float", default=0.05),
+    sealed_grace=dict(type="float", default=5),
+)
+
+# What a failed files gate means, by the first bad reason of the inspection.
+_REASON_CLASS = {
+    "missing": "missing_file", "key_missing": "missing_file", "unparsable": "bad_pem",
+    "fullchain_mismatch": "bad_pem", "key_mismatch": "key_mismatch", "expired": "expired",
+    "cn_differs": "hostname_mismatch", "san_differs": "hostname_mismatch",
+    "issuer_untrusted": "untrusted_server_cert",
+}
+
+
+class GateFailed(Exception):
+    """A gate did not hold: which one, and the classified error."""
+
+    def __init__(self, gate, error):
+        super(GateFailed, self).__init__(str(error))
+        self.gate = gate
+        self.error = error
+
+
+def failure_of(error, gate=None, where=None):
+    """The ``failure`` dict of a result: gate, failure_class, msg, hint (never secrets)."""
+    if not isinstance(error, RotateError):
+        error = classify_exception(error)
+    out = {"gate": gate, "failure_class": error.failure_class, "msg": error.message, "hint": error.hint}
+    if where:
+        out["where"] = where
+    return out
+
+
+# ------------------------------------------------------------------ slots
+
+def _material_params(slot, ca_bundle, **extra):
+    """cert_material's options for one slot spec."""
+    params = dict(
+        step="inspect", cert_path=slot["cert_path"], key_path=slot["key_path"],
+        fullchain_path=slot.get("fullchain_path"), chain_path=slot.get("chain_path"),
+        common_name=slot["common_name"], dns_names=slot.get("dns_names") or [],
+        ip_addresses=slot.get("ip_addresses") or [], ca_bundle=ca_bundle or None,
+        renew_fraction=slot.get("renew_fraction") or 0.6667, renew_before=None, force=bool(slot.get("force")),
+        key_type=slot.get("key_type") or "ec", key_size=slot.get("key_size"), certificate=None, chain=None,
+        private_key=None, owner=slot.get("owner") or None, group=slot.get("group") or None,
+        key_mode=slot.get("key_mode") or "0600", cert_mode=slot.get("cert_mode") or "0644", backup=True,
+        expect_serial=None, slots=None,
+    )
+    params.update(extra)
+    return params
+
+
+def _cert_fields(info):
+    """The public fields of a certificate for records and reports."""
+    if not info:
+        return None
+    return dict((k, info.get(k)) for k in ("serial", "not_after", "not_before", "fingerprint_sha256",
+                                           "common_name", "dns_names", "ip_addresses", "days_left")
+                if k in info)
+
+
+def plan_slot(slot, ca_bundle, prepare, check_mode):
+    """Inspect one slot; with ``prepare`` stage a key and make the CSR when it is due."""
+    material = Material(_material_params(slot, ca_bundle, step="prepare" if prepare else "inspect"),
+                        check_mode=check_mode)
+    found = material.prepare() if prepare else material.inspect()
+    record = {"changed": bool(found.get("changed")),
+        "slot": slot["name"], "phase": slot["phase"], "cert_path": slot["cert_path"],
+        "decision": "rotate" if found["rotate"] else "keep", "reasons": found["reasons"],
+        "reason_text": "; ".join(found["reason_text"]), "due_at": found.get("due_at"),
+        "old": _cert_fields(found.get("current")), "chain_verified": found.get("chain_verified"),
+        "csr": found.get("csr"), "staged_key": found.get("staged_key"),
+    }
+    if found.get("parse_error"):
+        record["parse_error"] = found["parse_error"]
+    return record
+
+
+def install_slot(slot, ca_bundle, check_mode):
+    """Install the certificate signed for this run; the result says what was written."""
+    material = Material(_material_params(slot, ca_bundle, step="install", certificate=slot["certificate"],
+                                         chain=slot.get("chain")), check_mode=check_mode)
+    done = material.install()
+    return {"slot": slot["name"], "changed": bool(done.get("changed")), "serial": done.get("serial"),
+            "before": fields(done.get("before")), "after": fields(done.get("after")),
+            "backup_files": done.get("backup_files") or []}
+
+
+def restore_slot(slot, check_mode):
+    """Put the previous generation back, only if this run's serial is the one installed."""
+    material = Material(_material_params(slot, None, step="restore", expect_serial=slot.get("new_serial")),
+                        check_mode=check_mode)
+    done = material.restore()
+    return {"slot": slot["name"], "changed": bool(done.get("changed")), "serial": done.get("serial"),
+            "restored_files": done.get("restored_files") or []}
+
+
+# ------------------------------------------------------------------ units
+
+def _notify_order(items):
+    """(unit, action) to run, in first-seen order; restart wins over reload of the same unit."""
+    wanted = []
+    for unit, action in items:
+        for i, (u, a) in enumerate(wanted):
+            if u == unit:
+                if action == "restart" and a == "reload":
+                    wanted[i] = (unit, "restart")
+                break
+        else:
+            wanted.append((unit, action))
+    return wanted
+
+
+def run_units(services, items, check_mode):
+    """Reload/restart what read a changed file; {unit: {action, at}}; raises reload_failed."""
+    done = {}
+    for unit, action in _notify_order(items):
+        if not check_mode:
+            started = time.time()
+            services.act(unit, action)
+            done[unit] = {"action": action, "at": started}
+        else:
+            done[unit] = {"action": action, "at": None}
+    return done
+
+
+# ------------------------------------------------------------------ gates
+
+def _client(connection, with_identity=True, token=None):
+    c = connection
+    return VaultClient(c["url"], ca_cert=c.get("ca_cert"), tls_server_name=c.get("tls_server_name"),
+                       client_cert=c.get("client_cert") if with_identity else None,
+                       client_key=c.get("client_key") if with_identity else None,
+                       timeout=c.get("timeout") or 10, token=token)
+
+
+def _gate_connection(gate):
+    return {"url": gate["url"], "ca_cert": gate.get("ca_cert"), "client_cert": gate.get("client_cert"),
+            "client_key": gate.get("client_key"), "tls_server_name": gate.get("tls_server_name"), "timeout": 10}
+
+
+def _until(gate, attempt):
+    """Call attempt() until it returns without RotateError or the gate's wait_timeout passes."""
+    deadline = time.monotonic() + float(gate.get("wait_timeout") or 0)
+    pause = max(float(gate.get("interval") or 0.5), 0.05)
+    while True:
+        try:
+            return attempt()
+        except RotateError:
+            if time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 1.5, 2.0)
+
+
+def _gate_unit(gate, ctx):
+    unit = gate["unit"]
+
+    def attempt():
+        if not ctx["services"].active(unit):
+            raise RotateError("unit_not_active", "%s is not running" % unit,
+                              hint="its log (it may have failed to start with the new material)")
+        return {"active": True}
+    return _until(gate, attempt)
+
+
+def _gate_login(gate, ctx):
+    def attempt():
+        client = _client(_gate_connection(gate))
+        try:
+            return cert_login(client, gate.get("mount") or "cert", gate.get("mapping"),
+                              expected_policies=gate.get("expected_policies"),
+                              policies_match=gate.get("policies_match") or "exact", cert_path=gate.get("client_cert"))
+        finally:
+            client.close()
+    result = _until(gate, attempt)
+    return {"policies": result.get("token_policies"), "display_name": result.get("display_name")}
+
+
+def _gate_admin_login(gate, ctx):
+    connection = ctx["connection"]
+    client = _client(connection)
+    try:
+        result = cert_login(client, connection.get("cert_auth_mount") or "cert", gate.get("mapping"),
+                            expected_policies=gate.get("expected_policies"),
+                            policies_match=gate.get("policies_match") or "superset",
+                            cert_path=connection.get("client_cert"))
+    finally:
+        client.close()
+    return {"policies": result.get("token_policies"), "display_name": result.get("display_name")}
+
+
+def _gate_token(gate, ctx):
+    """The agent logged in again after its restart: its token was created after it."""
+    unit = gate.get("unit")
+    restarted = (ctx["units"].get(unit) or {}).get("at") if unit else None
+    if not restarted:
+        return {"checked": False, "why": "not restarted by this step"}
+    since = int(restarted)
+
+    def attempt():
+        created, policies = None, None
+        if gate.get("sink_path"):
+            token = (_read_text(gate["sink_path"]) or "").strip()
+            if not token:
+                raise RotateError("missing_file", "the token sink %s is empty" % gate["sink_path"],
+                                  hint="the agent has not logged in: read the log of %s" % unit)
+            client = _client(_gate_connection(gate), token=token)
+            try:
+                data = client.lookup_self()
+            finally:
+                client.close()
+            created, policies = data.get("creation_time"), data.get("policies")
+        else:
+            text = _read_text(gate["whoami_path"])
+            if text is None:
+                raise RotateError("missing_file", "%s does not exist" % gate["whoami_path"],
+                                  hint="the agent renders it after its login: read the log of %s" % unit)
+            try:
+                who = json.loads(text)
+            except ValueError:
+                raise RotateError("bad_input", "%s is not JSON (yet)" % gate["whoami_path"])
+            created, policies = who.get("creation_time"), who.get("policies")
+        if int(created or 0) < since:
+            raise RotateError("stale_token", "%s holds a token created at %s, before its restart at %s: it did not "
+                              "log in again with the new cert" % (unit, created, since),
+                              hint="the log of %s (a login refused with the new cert?)" % unit)
+        return {"creation_time": created, "policies": sorted(policies or [])}
+    return _until(gate, attempt)
+
+
+def _gate_files(gate, ctx):
+    slot = ctx["slots"][gate["slot"]]
+    found = Material(_material_params(slot, ctx["ca_bundle"]), check_mode=True).inspect()
+    current = found.get("current") or {}
+    expect = ctx["serials"].get(slot["name"])
+    bad = [r for r in found["reasons"] if r not in ("valid", "due", "forced")]
+    if expect and current.get("serial") != expect:
+        raise RotateError("serial_mismatch", "%s holds serial %s, expected %s" % (
+            slot["cert_path"], current.get("serial") or "none", expect))
+    if bad:
+        raise RotateError(_REASON_CLASS.get(bad[0], "bad_input"), "the files of %s are not usable: %s" % (
+            slot.get("label") or slot["name"], "; ".join(found["reason_text"])))
+    if found.get("chain_verified") is False:
+        raise RotateError("untrusted_server_cert", "%s does not chain to the PKI issuers: %s" % (
+            slot["cert_path"], found.get("chain_problem") or "not verified"))
+    days = float(current.get("days_left") or 0)
+    if days < float(gate.get("min_days_left") or 0):
+        raise RotateError("expired", "%s is valid %.2f more days, less than the minimum (%s)" % (
+            slot["cert_path"], days, gate["min_days_left"]))
+    return {"serial": current.get("serial"), "days_left": round(days, 2)}
+
+
+def _gate_probe(gate, ctx):
+    expect = gate.get("expect_serial") or (ctx["serials"].get(gate["slot"]) if gate.get("slot") else None)
+    context = make_context(ca_cert=gate.get("ca_cert"), ca_pem=gate.get("ca_pem"),
+                           client_cert=gate.get("client_cert"), client_key=gate.get("client_key"))
+    unverified = make_context(client_cert=gate.get("client_cert"), client_key=gate.get("client_key"), verify=False)
+    result = probe_until(gate["host"], gate["port"], server_name=gate.get("server_name"), context=context,
+                         unverified_context=unverified, http_path=gate.get("http_path"), expect_serial=expect,
+                         wait_timeout=gate.get("wait_timeout") or 0, interval=gate.get("interval") or 0.5)
+    if result["ok"] and gate.get("expect_status") and result.get("http_status") != gate["expect_status"]:
+        result.update(ok=False, failure_class="server_error", hint="read the log of the proxy and of Vault",
+                      msg="%s (TLS name %s) answered HTTP %s to GET %s, expected %s" % (
+                          result.get("target"), result.get("server_name"), result.get("http_status"),
+                          gate.get("http_path"), gate["expect_status"]))
+    if not result["ok"]:
+        raise RotateError(result.get("failure_class") or "tls_error", result.get("msg") or "probe failed",
+                          hint=result.get("hint"), details={"tls_alert": result.get("tls_alert")})
+    return {"serial": result.get("serial"), "http_status": result.get("http_status"),
+            "tls_version": result.get("tls_version"), "days_left": result.get("days_left"),
+            "not_after": result.get("not_after"), "attempts": result.get("attempts")}
+
+
+def _gate_client_ca(gate, ctx):
+    """The client CA file a server reads at its next start must verify a client cert of it."""
+    data = _read_bytes(gate["path"])
+    label = gate.get("cert_label") or "the client cert"
+    if data is None:
+        raise RotateError("client_ca_incomplete", "the client CA file %s does not exist" % gate["path"])
+    try:
+        anchors = _x509.load_pem_bundle(data, what=gate["path"])
+        client = _x509.load_pem_bundle(gate["cert_pem"], what=label)
+    except RotateError as err:
+        raise RotateError("client_ca_incomplete", "the client CA file %s does not parse: %s" % (gate["path"], err))
+    ok, problem = _x509.verify_chain(client[0], client[1:], anchors)
+    if not ok:
+        raise RotateError(
+            "client_ca_incomplete",
+            "the listener client CA file %s does not verify %s (%s): at its next start Vault would refuse "
+            "every client cert (TLS alert unknown ca)" % (gate["path"], label, problem),
+            hint="%s must hold every valid issuer + root" % gate["path"])
+    return {"verified": True}
+
+
+def _gate_health(gate, ctx):
+    client = _client(ctx["connection"])
+    try:
+        result = wait_ready(client, wait_timeout=gate.get("wait_timeout") or 0, interval=gate.get("interval") or 0.5)
+    finally:
+        client.close()
+    return {"status_code": result.get("status_code"), "version": result.get("version")}
+
+
+_GATES = {"unit": _gate_unit, "login": _gate_login, "token": _gate_token, "files": _gate_files,
+          "probe": _gate_probe, "client_ca": _gate_client_ca, "health": _gate_health,
+          "admin_login": _gate_admin_login}
+
+
+def run_gates(gates, ctx, stop_on_failure=True):
+    """Run the gates in order; [{name, kind, ok, ...}]; raises GateFailed at the first that fails."""
+    out = []
+    for gate in gates:
+        try:
+            found = _GATES[gate["kind"]](gate, ctx)
+        except Exception as exc:  # every failure of a gate is data for the report
+            error = exc if isinstance(exc, RotateError) else classify_exception(exc)
+            if gate.get("next"):
+                error.hint = "%s; %s" % (error.hint, gate["next"]) if error.hint else gate["next"]
+            out.append({"name": gate["name"], "kind": gate["kind"], "ok": False,
+                        "failure_class": error.failure_class, "msg": error.message})
+            if stop_on_failure:
+                raise GateFailed(gate["name"], error)
+            continue
+        entry = {"name": gate["name"], "kind": gate["kind"], "ok": True}
+        entry.update(found or {})
+        out.append(entry)
+    return out
+
+
+def _read_bytes(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except (IOError, OSError):
+        return None
+
+
+def _read_text(path):
+    data = _read_bytes(path)
+    return None if data is None else data.decode("utf-8", "replace")
+
+
+# ------------------------------------------------------------------ host steps
+
+def _services(params):
+    service = params.get("service") or {}
+    return Services(service.get("backend") or "command", user=service.get("user"), commands=service.get("commands"))
+
+
+def host_plan(params, check_mode=False):
+    prepare = set(params.get("prepare") or [])
+    slots = [plan_slot(s, params.get("ca_bundle"), s["phase"] in prepare, check_mode) for s in params["slots"]]
+    bundles = []
+    for bundle in params["bundles"]:
+        found = ensure_bundle(bundle["path"], params["ca_bundle"], owner=bundle.get("owner"), group=bundle.get("group"),
+                              mode=bundle.get("mode"), check_mode=True)
+        bundles.append({"bundle": bundle["name"], "phase": bundle["phase"], "path": bundle["path"],
+                        "differs": bool(found.get("changed")),
+                        "added": [c.get("subject") for c in found.get("added") or []],
+                        "removed": [c.get("subject") for c in found.get("removed") or []]})
+    units = _services(params).status_all(params["units"]) if params["units"] else {}
+    return {"changed": any(s.pop("changed") for s in slots), "slots": slots, "bundles": bundles, "units": units}
+
+
+def host_apply(params, check_mode=False):
+    """Install, write bundles, reload/restart, then the gates of this host."""
+    services = _services(params)
+    slot_specs = dict((s["name"], s) for s in params["slots"])
+    out = {"changed": False, "slots": [], "bundles": [], "units": {}, "gates": [], "restart_reasons": [],
+           "failure": None}
+    notify = []
+    serials = {}
+    where = "restart"
+    try:
+        for unit in params["restart"]:
+            out["units"].update(run_units(services, [(unit, "restart")], check_mode))
+            out["changed"] = True
+        where = "install"
+        for slot in params["slots"]:
+            if slot.get("certificate"):
+                done = install_slot(slot, params.get("ca_bundle"), check_mode)
+                out["slots"].append(done)
+                serials[slot["name"]] = done["serial"]
+                if done["changed"]:
+                    out["changed"] = True
+                    notify.extend((n["unit"], n["action"]) for n in slot["notify"])
+            else:
+                current = Material(_material_params(slot, None), check_mode=True).read_cert()[1]
+                serials[slot["name"]] = (current or {}).get("serial")
+        for bundle in params["bundles"]:
+            done = ensure_bundle(bundle["path"], params["ca_bundle"], owner=bundle.get("owner"),
+                                 group=bundle.get("group"), mode=bundle.get("mode"), check_mode=check_mode)
+            changed = bool(done.get("changed"))
+            out["bundles"].append({"bundle": bundle["name"], "path": bundle["path"], "changed": changed})
+            if changed:
+                out["changed"] = True
+                notify.extend((n["unit"], n["action"]) for n in bundle["notify"])
+                if bundle.get("restart_reason"):
+                    out["restart_reasons"].append(bundle["restart_reason"])
+        where = "reload"
+        out["units"].update(run_units(services, notify, check_mode))
+        where = "gate"
+        if not check_mode:
+            ctx = {"services": services, "units": out["units"], "slots": slot_specs, "serials": serials,
+                   "ca_bundle": params.get("ca_bundle"), "connection": params.get("connection")}
+            out["gates"] = run_gates(params["gates"], ctx)
+    except GateFailed as failed:
+        out["failure"] = failure_of(failed.error, gate=failed.gate, where=where)
+    except RotateError as err:
+        out["failure"] = failure_of(err, gate=where, where=where)
+    out["serials"] = serials
+    out["service_calls"] = services.log
+    return out
+
+
+def host_rollback(params, check_mode=False):
+    """Put back what this run changed on this host, act on the units again, run the proofs."""
+    services = _services(params)
+    out = {"changed": False, "slots": [], "bundles": [], "units": {}, "proofs": [], "problems": []}
+    notify = []
+    serials = {}
+    for slot in params["slots"]:
+        try:
+            if slot.get("new_serial"):
+                done = restore_slot(slot, check_mode)
+                out["slots"].append(done)
+                if done["changed"]:
+                    out["changed"] = True
+                    notify.extend((n["unit"], n["action"]) for n in slot["notify"])
+                serials[slot["name"]] = done["serial"]
+        except RotateError as err:
+            out["problems"].append(failure_of(err, gate="restore %s" % slot["name"]))
+    for bundle in params["bundles"]:
+        try:
+            if bundle["rollback"] == "restore" and os.path.exists(backup_path(bundle["path"])):
+                done = restore_bundle(bundle["path"], check_mode=check_mode)
+            elif bundle["rollback"] == "repair":
+                # The run found it as wanted (so it did not write it): what it held before
+                # the run is the wanted content; write that again if something broke it.
+                done = ensure_bundle(bundle["path"], params["ca_bundle"], owner=bundle.get("owner"),
+                                     group=bundle.get("group"), mode=bundle.get("mode"), check_mode=check_mode)
+            else:
+                continue
+            changed = bool(done.get("changed"))
+            out["bundles"].append({"bundle": bundle["name"], "path": bundle["path"], "changed": changed})
+            if changed:
+                out["changed"] = True
+                notify.extend((n["unit"], n["action"]) for n in bundle["notify"])
+        except RotateError as err:
+            out["problems"].append(failure_of(err, gate="restore %s" % bundle["name"]))
+    for unit, action in _notify_order(notify):
+        try:
+            out["units"].update(run_units(services, [(unit, action)], check_mode))
+        except RotateError as err:
+            out["problems"].append(failure_of(err, gate="%s %s" % (action, unit)))
+    if not check_mode and params["proofs"]:
+        for slot in params["slots"]:
+            if slot["name"] not in serials:
+                current = Material(_material_params(slot, None), check_mode=True).read_cert()[1]
+                serials[slot["name"]] = (current or {}).get("serial")
+        ctx = {"services": services, "units": out["units"], "slots": dict((s["name"], s) for s in params["slots"]),
+               "serials": serials, "ca_bundle": params.get("ca_bundle"), "connection": params.get("connection")}
+        out["proofs"] = run_gates(params["proofs"], ctx, stop_on_failure=False)
+    out["service_calls"] = services.log
+    return out
+
+
+# ------------------------------------------------------------------ admin steps
+
+def admin_check(params, check_mode=False):
+    """Vault ready for the admin identity's certificate (TLS with it, sys/health 200) and the
+    issuers of the mount, read where no token is needed: no login here (sign logs in)."""
+    connection = params["connection"]
+    client = _client(connection)
+    out = {"changed": False, "failure": None}
+    try:
+        out["admin_cert_pem"] = _read_text(connection["client_cert"]) if connection.get("client_cert") else None
+        health = wait_ready(client, wait_timeout=params.get("wait_timeout") or 0, interval=params.get("interval") or 0.5)
+        out["health"] = {"status_code": health.get("status_code"), "version": health.get("version")}
+        if params.get("pki_mount"):
+            issuers = read_issuers(client, params["pki_mount"], public=True)
+            out["issuers"] = {"ca_bundle": issuers["ca_bundle"], "issuers": issuers["issuers"],
+                              "default_issuer_id": issuers.get("default_issuer_id")}
+    except RotateError as err:
+        out["failure"] = failure_of(err, gate="vault")
+    finally:
+        client.close()
+    out["vault_requests"] = client.requests_made
+    return out
+
+
+def _revoke(client):
+    if client.token:
+        try:
+            client.revoke_self()
+        except RotateError:
+            pass
+        client.token = None
+
+
+def _login(connection):
+    client = _client(connection)
+    try:
+        client.login_cert(connection.get("cert_auth_mount") or "cert", connection.get("cert_role"))
+    except RotateError:
+        client.close()
+        raise
+    return client
+
+
+def admin_sign(params, check_mode=False):
+    """One admin login: prove the identity (and its policies), write ``mappings`` where they
+    differ, compare ``compare`` (read only), sign every CSR of ``requests`` (not in check mode).
+    Returns {signed: {slot: issued (public material only)}, mappings, compared, login}."""
+    out = {"changed": False, "signed": {}, "mappings": [], "compared": [], "failure": None, "vault_requests": 0}
+    connection = params["connection"]
+    client = _client(connection)
+    try:
+        try:
+            login = cert_login(client, connection.get("cert_auth_mount") or "cert", connection.get("cert_role"),
+                               expected_policies=params.get("expected_policies") or None, policies_match="superset",
+                               cert_path=connection.get("client_cert"), revoke=False)
+        except RotateError as err:
+            out["failure"] = failure_of(RotateError(err.failure_class, "the admin identity cannot log in: %s" % (
+                err.message,), hint=err.hint or "check the admin cert (expired? CN allowed by the mapping? issued by "
+                                               "a CA in the mapping's bundle?) and the mapping itself"), gate="login")
+            return out
+        out["login"] = {"policies": login.get("token_policies"), "display_name": login.get("display_name")}
+        for key, dry in (("mappings", check_mode), ("compare", True)):
+            for mapping in params[key]:
+                body = dict(mapping, certificate=params["ca_bundle"])
+                try:
+                    done, _before, _desired = ensure_mapping(client, mapping.get("mount") or "cert", mapping["name"],
+                                                             body, check_mode=dry)
+                except RotateError as err:
+                    out["failure"] = failure_of(err, gate="mapping %s" % mapping["name"], where=key)
+                    return out
+                fields_ = done.get("changed_fields") or []
+                out["mappings" if key == "mappings" else "compared"].append(
+                    {"name": mapping["name"], "changed": bool(fields_), "changed_fields": fields_})
+                if key == "mappings" and fields_:
+                    out["changed"] = True
+        if check_mode:
+            return out
+        for request in params["requests"]:
+            try:
+                issued = sign_or_issue(client, request["pki_mount"], request["pki_role"], csr=request["csr"],
+                                       common_name=request["common_name"], alt_names=request.get("dns_names"),
+                                       ip_sans=request.get("ip_addresses"), ttl=request.get("ttl") or None)
+            except RotateError as err:
+                out["failure"] = failure_of(err, gate=request["slot"], where="sign")
+                out["failure"]["slot"] = request["slot"]
+                break
+            out["signed"][request["slot"]] = dict(
+                (k, issued.get(k)) for k in ("certificate", "issuing_ca", "ca_chain", "serial", "not_after",
+                                             "not_before", "fingerprint_sha256", "dns_names", "ip_addresses"))
+            out["changed"] = True
+    finally:
+        _revoke(client)
+        out["vault_requests"] = client.requests_made
+        client.close()
+    return out
+
+
+def admin_mappings(params, check_mode=False):
+    """Write every cert-auth mapping in full where it differs (CA bundle = every valid issuer + root)."""
+    out = {"changed": False, "mappings": [], "failure": None, "vault_requests": 0}
+    if not params["mappings"]:
+        return out
+    client = None
+    try:
+        client = _login(params["connection"])
+        for mapping in params["mappings"]:
+            body = dict(mapping, certificate=params["ca_bundle"])
+            try:
+                done, _before, _desired = ensure_mapping(client, mapping.get("mount") or "cert", mapping["name"], body,
+                                                         check_mode=check_mode)
+            except RotateError as err:
+                out["failure"] = failure_of(err, gate="mapping %s" % mapping["name"], where="mappings")
+                break
+            changed_fields = done.get("changed_fields") or []
+            out["mappings"].append({"name": mapping["name"], "changed": bool(changed_fields),
+                                    "changed_fields": changed_fields})
+            out["changed"] = out["changed"] or bool(changed_fields)
+        _revoke(client)
+    except RotateError as err:
+        out["failure"] = failure_of(err, gate="mappings", where="login")
+    finally:
+        if client is not None:
+            out["vault_requests"] = client.requests_made
+            client.close()
+    return out
+
+
+def admin_gate(params, check_mode=False):
+    out = {"changed": False, "gates": [], "failure": None}
+    if check_mode:
+        return out
+    ctx = {"services": None, "units": {}, "slots": {}, "serials": {}, "ca_bundle": params.get("ca_bundle"),
+           "connection": params.get("connection")}
+    try:
+        out["gates"] = run_gates(params["gates"], ctx)
+    except GateFailed as failed:
+        out["failure"] = failure_of(failed.error, gate=failed.gate, where="gate")
+        out["gates"] = []
+    if params["proofs"]:
+        out["proofs"] = run_gates(params["proofs"], ctx, stop_on_failure=False)
+    return out
+
+
+def admin_ready(params, check_mode=False):
+    """After a restart: a TLS session with the admin identity, then unsealed and HTTP 200."""
+    connection = params["connection"]
+    out = {"changed": False, "failure": None}
+    if check_mode:
+        return out
+    started = time.time()
+    host, port = _host_port(connection["url"])
+    context = make_context(ca_cert=connection.get("ca_cert"), client_cert=connection.get("client_cert"),
+                           client_key=connection.get("client_key"))
+    tls = probe_until(host, port, server_name=connection.get("tls_server_name"), context=context,
+                      http_path="/v1/sys/seal-status", wait_timeout=params["wait_timeout"],
+                      interval=params["interval"])
+    out["tls"] = {"ok": tls["ok"], "attempts": tls.get("attempts"), "observed": tls.get("observed")}
+    if not tls["ok"]:
+        klass = tls.get("failure_class") or "timeout"
+        alert = " (%s)" % tls["tls_alert"] if tls.get("tls_alert") else ""
+        if klass in ("reset", "refused", "timeout"):
+            hint = "the server did not start listening within %g s: read the log of the Vault unit" % params[
+                "wait_timeout"]
+        else:
+            hint = ("the listener is up but the handshake fails: compare its cert/client CA file with what the "
+                    "phases installed")
+        out["failure"] = {"gate": "restart", "failure_class": klass, "hint": hint,
+                          "msg": "Vault restarted but no TLS session after %g s: %s%s: %s" % (
+                              params["wait_timeout"], klass, alert, tls.get("msg") or "")}
+        return out
+    keys = [k for k in params["unseal_keys"] if k]
+    client = _client(connection)
+    try:
+        health = wait_ready(client, wait_timeout=params["wait_timeout"] if keys else params["sealed_grace"],
+                            interval=params["interval"], unseal_keys=keys or None)
+    except RotateError as err:
+        details = err.details or {}
+        if details.get("sealed") and not keys:
+            out["failure"] = {"gate": "restart", "failure_class": "sealed",
+                              "msg": "Vault restarted and is sealed: provide vault_rotate_unseal_keys (AWX credential "
+                                     "/ ansible-vault) or unseal by hand, then run playbooks/healthcheck.yml",
+                              "hint": "the phases before the restart are done and their material is in place: "
+                                      "only the unseal is missing"}
+        else:
+            out["failure"] = failure_of(err, gate="restart", where="ready")
+        return out
+    finally:
+        client.close()
+    out.update(ready=True, unsealed=bool(health.get("unsealed")), ready_at=health.get("ready_at"),
+               readiness_s=round(time.time() - started, 3), status_code=health.get("status_code"),
+               changed=bool(health.get("unsealed")))
+    return out
+
+
+def _host_port(url):
+    from ansible.module_utils.six.moves.urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else "https://" + url)
+    return parts.hostname, parts.port or 443
+
+
+STEP_FUNCTIONS = {"plan": host_plan, "apply": host_apply, "rollback": host_rollback, "check": admin_check,
+                  "sign": admin_sign, "mappings": admin_mappings, "gate": admin_gate, "ready": admin_ready}
+
+
+def run_step(params, check_mode=False):
+    """Run the step named in ``params`` (already validated against ARGUMENT_SPEC)."""
+    return STEP_FUNCTIONS[params["step"]](params, check_mode=check_mode)
