@@ -33,7 +33,7 @@ help:
 	@echo "make sanity       ansible-test sanity only (offline, on a copy under .cache/)"
 	@echo "make unit         pytest tests/unit"
 	@echo "make integration  pytest everything but tests/unit (needs/starts the lab)"
-	@echo "make bench        rotate_all timings on private N-app labs (BENCH_APPS, BENCH_REPS: docs/performance.md)"
+	@echo "make bench        rotate_all timings, current tree beside a baseline worktree, N = 2 8 32 apps (docs/performance.md)"
 	@echo "make lab-up | lab-down | lab-status"
 	@echo "make clean        stop the lab, remove .lab/ .cache/ and test caches (keeps .venv)"
 	@echo "make distclean    clean + remove .venv"
@@ -49,9 +49,13 @@ demo: bootstrap
 	$(VENV)/bin/ansible-playbook playbooks/rotate_all.yml -l lab
 	$(LABCTL) status
 
-# Not part of `make test`. Defaults (N = 2 and 8, 1 repetition, + one restart
-# run) take about 10 min on 2 idle cores; the issue's full run:
-# BENCH_APPS="2 8 32" BENCH_REPS=3 make bench. Ports 31000-31999 (BENCH_PORT_BASE).
+# Not part of `make test`. rotate_all on private N-app labs (BENCH_APPS, default
+# "2 8 32"), the current tree beside a git worktree of bench/baseline.ref
+# (BENCH_BASELINE=<ref>|none; at N in BENCH_BASELINE_APPS, default "2"), runs
+# alternated; BENCH_REPS, BENCH_KINDS, BENCH_RESTART, BENCH_SAVE=1, BENCH_KEEP=1.
+# About 5 min on 2 idle cores, most of it the baseline (docs/performance.md).
+# Ports 31000-31999 (BENCH_PORT_BASE). Quickest look:
+# BENCH_APPS=2 BENCH_KINDS=forced BENCH_RESTART=0 make bench
 bench: bootstrap
 	$(PY) bench/bench.py
 
