@@ -167,7 +167,8 @@ def baseline_tree(ref, workdir):
                          "--unshallow`), or set BENCH_BASELINE=<ref> / BENCH_BASELINE=none" % ref)
     path = workdir / ("baseline-%s" % sha[:12])
     if path.exists():
-        head = git("rev-parse", "HEAD", cwd=path, check=False)
+        # a worktree has a .git file; without it git would answer for the repository around it
+        head = git("rev-parse", "HEAD", cwd=path, check=False) if (path / ".git").is_file() else None
         if head == sha and not git("status", "--porcelain", cwd=path, check=False):
             return Tree("baseline", path, ref, sha)
         git("worktree", "remove", "--force", str(path), check=False)
