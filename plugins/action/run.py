@@ -12,7 +12,6 @@ __metaclass__ = type
 import os
 import shutil
 import socket
-import tempfile
 import time
 
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
@@ -178,10 +177,20 @@ class ActionModule(EngineAction):
                 "user": os.environ.get("USER") or None, "controller": socket.gethostname(),
                 "opened_by": self._task.args.get("opened_by") or "preflight", "closed": False,
                 "lock_held": False, "lock_path": _run.lock_path(g.glob("lock_dir"), env)}
+        # One run per ansible-playbook process: a later play of the same process (restart.yml
+        # after preflight.yml, say) joins the run that is open, whichever hosts it registered on.
+        folder = _run.check_dir(env) if self.check_mode else meta["lock_path"]
+        joined = _run.own_run(folder)
+        if joined is not None:
+            joined["phases"] = joined["phases"] + [p for p in phases if p not in joined["phases"]]
+            _run.Run(joined).write(joined, "run")
+            out = dict(joined, changed=False)
+            out["msg"] = "run %s of %s (opened by %s) continues" % (joined["id"], env, joined.get("opened_by"))
+            return out
         if self.check_mode:
-            meta["dir"] = tempfile.mkdtemp(prefix="vault_rotate-check-")
+            os.makedirs(folder, 0o700)
+            meta["dir"] = folder
             msg = "check mode: no lock taken"
-            state = {"acquired": False}
         else:
             state = _run.acquire(meta["lock_path"], run_id, env, break_stale=pre["lock_break_stale"])
             if not state["acquired"]:

@@ -732,8 +732,8 @@ def admin_sign(params, check_mode=False):
                                expected_policies=params.get("expected_policies") or None, policies_match="superset",
                                cert_path=connection.get("client_cert"), revoke=False)
         except RotateError as err:
-            out["failure"] = failure_of(RotateError(err.failure_class, "the admin identity cannot log in: %s" % (
-                err.message,), hint=err.hint or "check the admin cert (expired? CN allowed by the mapping? issued by "
+            out["failure"] = failure_of(RotateError(err.failure_class, "the admin identity cannot reach Vault: %s: %s" % (
+                err.failure_class, err.message), hint=err.hint or "check the admin cert (expired? CN allowed by the mapping? issued by "
                                                "a CA in the mapping's bundle?) and the mapping itself"), gate="login")
             return out
         out["login"] = {"policies": login.get("token_policies"), "display_name": login.get("display_name")}

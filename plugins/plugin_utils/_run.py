@@ -63,6 +63,16 @@ def ansible_pid():
     return found or os.getppid()
 
 
+def process_started(pid):
+    """Start time of a process (clock ticks since boot, /proc/<pid>/stat), or None: with the pid
+    it names one process, even after the pid is reused."""
+    try:
+        with open("/proc/%d/stat" % int(pid)) as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
 def _pid_alive(pid):
     try:
         os.kill(int(pid), 0)
@@ -123,8 +133,10 @@ def acquire(path, run_id, env, break_stale=False, extra=None):
     except OSError as exc:
         raise RotateError("write_failed", "cannot create the lock folder %s: %s" % (parent, exc),
                           hint="set vault_rotate_lock_dir to a folder the controller user can write")
+    pid = ansible_pid()
     owner = {"run_id": run_id, "env": env, "user": getpass.getuser(), "host": socket.gethostname(),
-             "pid": ansible_pid(), "since": utcnow_iso(), "awx_job_id": os.environ.get("JOB_ID") or None}
+             "pid": pid, "pid_started": process_started(pid), "since": utcnow_iso(),
+             "awx_job_id": os.environ.get("JOB_ID") or None}
     owner.update(extra or {})
     tmp = "%s.tmp-%d" % (path, os.getpid())
     os.mkdir(tmp, 0o700)
@@ -175,6 +187,26 @@ def refused_message(env, state):
         return text + (" That process is gone (stale lock): after checking that no rotation runs, remove %s or rerun "
                        "with -e preflight_lock_break_stale=true." % state["lock"])
     return text + " Wait for it to finish; remove %s by hand only if no rotation runs." % state["lock"]
+
+
+def check_dir(env):
+    """The run folder of a check-mode run of this ansible-playbook process (no lock)."""
+    pid = ansible_pid()
+    return os.path.join(tempfile.gettempdir(), "vault_rotate-check-%s-%d-%s" % (env, pid, process_started(pid)))
+
+
+def own_run(folder):
+    """The run record in ``folder`` when THIS ansible-playbook process opened it (still open), else None."""
+    meta = read_json(os.path.join(folder, "run.json"))
+    if meta is None or meta.get("closed"):
+        return None
+    owner = read_json(os.path.join(folder, OWNER))
+    if owner is not None:
+        pid = ansible_pid()
+        if (owner.get("pid"), owner.get("pid_started"), owner.get("host")) != (
+                pid, process_started(pid), socket.gethostname()):
+            return None
+    return meta
 
 
 # ---------------------------------------------------------------- the journal

@@ -218,7 +218,7 @@ def test_restart_sealed_without_keys_then_ready_with_keys(throwaway_lab, tmp_pat
                          "-l", "lab", "-e", "vault_rotate_restart_vault=always", "-e", "@%s" % keys_path)
     text = out(ready)
     assert ready.returncode == 0, text[-4000:]
-    assert "Vault is ready again (HTTP 200, unsealed)" in text
+    assert "Wait until Vault is ready (TLS, unsealed, HTTP 200)" in text
     assert "Healthcheck passed" in text
     for secret in list(keys) + [root_token]:
         assert secret not in text, "an unseal key or the root token reached the output"
