@@ -532,7 +532,7 @@ class ActionModule(EngineAction):
         return {"failed": True, "failure_class": klass, "msg": line, "report": done["summary_line"]}
 
     def phase_records(self, run):
-        records = [r for r in run.all("phase", self.phase, "apply").values()]
+        records = list(run.all("phase", self.phase, "apply").values())
         records += [r for r in (run.read("phase", self.phase, "gate"), run.read("phase", self.phase, "mappings"),
                                 run.read("phase", self.phase, "decide"), run.read("phase", self.phase, "ready")) if r]
         return records
@@ -562,8 +562,8 @@ class ActionModule(EngineAction):
             return "passed", "ready %s s after the restart began (%s s after the unit ran)%s" % (
                 readiness, after, " (unsealed with the provided keys)" if ready.get("unsealed") else ""), extra
         if self.phase == "healthcheck":
-            gates = dict((x["kind"] + ":" + x["name"], x) for x in ((run.read("phase", "healthcheck", "gate") or {})
-                                                                   .get("gates") or []))
+            checked = (run.read("phase", "healthcheck", "gate") or {}).get("gates") or []
+            gates = dict((x["kind"] + ":" + x["name"], x) for x in checked)
             probes = [x for k, x in gates.items() if k.startswith("probe:")]
             health = [x for k, x in gates.items() if k.startswith("health:")]
             listener = probes[0] if probes else {}
@@ -582,7 +582,8 @@ class ActionModule(EngineAction):
         gates += [x["name"] for x in (run.read("phase", self.phase, "gate") or {}).get("gates") or []]
         written = [m["name"] for m in (run.read("phase", self.phase, "mappings") or {}).get("mappings") or []
                    if m.get("changed")]
-        msg = "%s; %sgates passed: %s" % ("rotated " + ", ".join(rotated) if rotated else "nothing due",
-                                         "mappings written: %s; " % ", ".join(written) if written else "",
-                                         ", ".join(gates) or "none")
+        msg = "%s; %sgates passed: %s" % (
+            "rotated " + ", ".join(rotated) if rotated else "nothing due",
+            "mappings written: %s; " % ", ".join(written) if written else "",
+            ", ".join(gates) or "none")
         return "passed", msg, {}

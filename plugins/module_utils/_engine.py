@@ -274,7 +274,8 @@ def plan_slot(slot, ca_bundle, prepare, check_mode):
     material = Material(_material_params(slot, ca_bundle, step="prepare" if prepare else "inspect"),
                         check_mode=check_mode)
     found = material.prepare() if prepare else material.inspect()
-    record = {"changed": bool(found.get("changed")),
+    record = {
+        "changed": bool(found.get("changed")),
         "slot": slot["name"], "phase": slot["phase"], "cert_path": slot["cert_path"],
         "decision": "rotate" if found["rotate"] else "keep", "reasons": found["reasons"],
         "reason_text": "; ".join(found["reason_text"]), "due_at": found.get("due_at"),
@@ -732,9 +733,11 @@ def admin_sign(params, check_mode=False):
                                expected_policies=params.get("expected_policies") or None, policies_match="superset",
                                cert_path=connection.get("client_cert"), revoke=False)
         except RotateError as err:
-            out["failure"] = failure_of(RotateError(err.failure_class, "the admin identity cannot reach Vault: %s: %s" % (
-                err.failure_class, err.message), hint=err.hint or "check the admin cert (expired? CN allowed by the mapping? issued by "
-                                               "a CA in the mapping's bundle?) and the mapping itself"), gate="login")
+            hint = err.hint or ("check the admin cert (expired? CN allowed by the mapping? issued by a CA in the "
+                                "mapping's bundle?) and the mapping itself")
+            out["failure"] = failure_of(RotateError(
+                err.failure_class, "the admin identity cannot reach Vault: %s: %s" % (err.failure_class, err.message),
+                hint=hint), gate="login")
             return out
         out["login"] = {"policies": login.get("token_policies"), "display_name": login.get("display_name")}
         for key, dry in (("mappings", check_mode), ("compare", True)):

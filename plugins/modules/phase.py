@@ -153,7 +153,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             phase=dict(type="str", required=True, choices=["preflight", "admin_cert", "server_tls", "agent_login",
-                                                            "app_leaf", "proxy_trust", "restart", "healthcheck"]),
+                                                           "app_leaf", "proxy_trust", "restart", "healthcheck"]),
             step=dict(type="str", required=True, choices=["plan", "apply", "rollback", "check", "sign", "mappings",
                                                           "gate", "ready", "decide", "conclude"]),
             error=dict(type="dict"),
