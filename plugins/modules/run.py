@@ -15,12 +15,13 @@ description:
     environment. The preflight role opens the run, the report role closes it; a phase role used on its own opens
     and closes a run of its own.
   - "O(state=open) refuses, before any host is touched, when the selected hosts are not exactly one environment
-    (C(REFUSED (environment interlock)); C(-l prod) selects one), when the variables disagree with it or are
-    malformed or misspelt (C(REFUSED (variables of <env>))), or when another run of the environment holds the lock
-    (C(Another rotation of <env> holds the lock ...)). The lock is C(<vault_rotate_lock_dir>/vault_rotate-<env>.lock),
+    (C(REFUSED) by the environment interlock; C(-l prod) selects one), when the variables disagree with it or are
+    malformed or misspelt (C(REFUSED) by the variables of the environment), or when another run of the environment
+    holds the lock (C(Another rotation of <env> holds the lock ...)). The lock is
+    C(<vault_rotate_lock_dir>/vault_rotate-<env>.lock),
     made atomically, with the owner (run id, user, host, pid, AWX job) inside; it is also the run's folder, where
     every step records what it found and did. In check mode no lock is taken (a private temporary folder instead).
-    Register its result as C(vault_rotate_run): every later step reads the run from it."
+    Register its result as C(vault_rotate_run) (the keys below): every later step reads the run from it."
   - O(state=close) writes the report of the run (C(<env>-<timestamp>.json) and C(.md), and C(latest.json)/C(.md),
     in C(vault_rotate_report_dir); none in check mode), publishes a summary with C(set_stats)
     (C(vault_rotate_report), for AWX/AAP artifacts), and releases the lock.
@@ -82,8 +83,49 @@ msg:
   description: What was done, in one line (with O(state=close) the report summary and its path).
   returned: always
   type: str
-ansible_facts:
-  description: The run record C(vault_rotate_run) (id, env, admin_host, phases, check_mode, dir, lock_path, closed).
-  returned: always
-  type: dict
+id:
+  description: The run id, C(awx-<job id>) under AWX/AAP, else C(<UTC time>-<pid>-<random>).
+  returned: success
+  type: str
+env:
+  description: The environment of the run (the inventory group that C(-l) selected).
+  returned: success
+  type: str
+admin_host:
+  description: The environment's C(vault_admin) host, where the steps that need the admin identity run.
+  returned: success
+  type: str
+phases:
+  description: The rotating phases this run prepares (keys, CSRs, signatures).
+  returned: success
+  type: list
+  elements: str
+opened_by:
+  description: V(preflight), or the phase role that opened the run on its own.
+  returned: success
+  type: str
+check_mode:
+  description: Whether the run was opened in check mode.
+  returned: success
+  type: bool
+dir:
+  description: The run's folder on the controller (the lock folder; a private temporary folder in check mode).
+  returned: success
+  type: str
+lock_path:
+  description: The run lock C(<vault_rotate_lock_dir>/vault_rotate-<env>.lock).
+  returned: success
+  type: str
+lock_held:
+  description: Whether this run holds the lock now (false in check mode and once closed).
+  returned: success
+  type: bool
+closed:
+  description: Whether the run is closed (O(state=close)).
+  returned: success
+  type: bool
+report:
+  description: With O(state=close), the report's summary line.
+  returned: state=close and a run was open
+  type: str
 """
