@@ -157,6 +157,25 @@ def test_labcheck_fails_when_the_rotation_did_not_happen(molecule_lab, tmp_path)
     assert "FAIL files admin: serial unchanged" in proc.stdout, proc.stdout
 
 
+def test_labcheck_fails_when_a_run_is_left_open(molecule_lab, tmp_path):
+    """A run lock left in the lab's run/ folder (a role that did not close its run) fails every scenario's verify."""
+    labcheck = [sys.executable, str(MOLECULE_DIR / "shared" / "labcheck.py")]
+    snap = tmp_path / "snapshot.json"
+    subprocess.run(labcheck + ["snapshot", "--lab-dir", str(molecule_lab.dir), "--out", str(snap)],
+                   check=True, capture_output=True, text=True, timeout=60)
+    lock = molecule_lab.dir / "run" / "vault_rotate-lab.lock"
+    lock.mkdir()
+    try:
+        (lock / "owner.json").write_text(json.dumps({"run_id": "left-open", "env": "lab", "pid": 0}))
+        proc = subprocess.run(labcheck + ["check", "--lab-dir", str(molecule_lab.dir), "--snapshot", str(snap),
+                                          "--scenario", "healthcheck"], capture_output=True, text=True, timeout=120)
+    finally:
+        (lock / "owner.json").unlink()
+        lock.rmdir()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL no run lock left behind" in proc.stdout, proc.stdout
+
+
 def test_probe_sees_a_vault_restart(molecule_lab, tmp_path):
     """A restart (sealed until unsealed) shows up as failed handshakes; the probe runs on afterwards."""
     paths = molecule_lab.info["paths"]

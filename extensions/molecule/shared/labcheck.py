@@ -438,6 +438,19 @@ class Checks:
             self.add("no failed handshake while no restart was required", restarted or s["failures"] == 0, detail)
         self.guard("probe", run)
 
+    # -- the runs' bookkeeping on the controller: every run closed (report written, lock released)
+    def runs(self):
+        def run():
+            locks = sorted(p.name for p in Path(self.info["dir"]).glob("run/vault_rotate-*.lock*"))
+            self.add("no run lock left behind", not locks,
+                     "lock folder(s) still in %s/run: %s" % (self.info["dir"], locks) if locks else "none in run/")
+            reports = run_reports(self.info, self.snap["time"])
+            bad = ["%s: %s (%s)" % (name, r.get("status"), r.get("msg")) for name, r in reports
+                   if r.get("status") != "success" or (r.get("summary") or {}).get("gates_failed")]
+            self.add("every run since the snapshot reported success", not bad,
+                     "; ".join(bad) or "%d report(s): %s" % (len(reports), ", ".join(n for n, _ in reports)))
+        self.guard("runs", run)
+
     def run(self):
         self.files()
         self.listener()
@@ -447,22 +460,26 @@ class Checks:
         self.frontends()
         self.proxy()
         self.units()
+        self.runs()
         if self.probe is not None:
             self.probe_result()
         return self.results
 
 
+def run_reports(info, since):
+    """[(name, report)] of the run reports (<lab>/reports/<env>-<stamp>.json) written after `since`."""
+    rdir = Path(info["dir"]) / "reports"
+    return [(path.name, json.loads(path.read_text())) for path in (sorted(rdir.glob("*.json")) if rdir.is_dir() else [])
+            if not path.name.startswith("latest") and path.stat().st_mtime >= since]
+
+
 def restart_happened(info, since):
     """Read the run reports written after `since`: did a restart phase restart anything?"""
     out = []
-    rdir = Path(info["dir"]) / "reports"
-    for path in sorted(rdir.glob("*.json")) if rdir.is_dir() else []:
-        if path.name.startswith("latest") or path.stat().st_mtime < since:
-            continue
-        report = json.loads(path.read_text())
+    for name, report in run_reports(info, since):
         for ph in report.get("phases", []):
             if ph.get("phase") == "restart" and ph.get("gate") not in (None, "skipped"):
-                out.append("%s: %s" % (path.name, ph.get("msg")))
+                out.append("%s: %s" % (name, ph.get("msg")))
     return out
 
 

@@ -1,15 +1,24 @@
-"""rerun: the idempotence step of the full scenario.
+"""rerun: the idempotence step of every scenario (molecule's side_effect).
 
-Runs `ansible-playbook playbooks/rotate_all.yml -l <env>` from the repo root
-with the repo's own ansible.cfg, exactly as a user reruns it right after a
-rotation, and judges the output: every host must end with changed=0, except
-the run's own bookkeeping on the controller (taking and releasing the run lock,
-writing this run's report), which changes by design on every run. Prints one
-JSON object: rc, recap, changed_tasks, offending (changed tasks that are not
-bookkeeping). Exit 0 when idempotent, 1 when not, 2 when the run failed.
+A phase role, used on its own or in rotate_all, opens a run: it takes the run
+lock, and closing the run writes the run's report and releases the lock. That
+bookkeeping on the controller changes by design on every run, and molecule's
+own idempotence step counts every `changed`; so each scenario reruns through
+this script, which allows exactly that bookkeeping and nothing else:
 
-molecule's own idempotence step counts every `changed`, bookkeeping included,
-so the full scenario uses this one (see extensions/molecule/full/molecule.yml).
+- `--scenario full` (default): `ansible-playbook playbooks/rotate_all.yml -l
+  <env>` from the repo root with the repo's own ansible.cfg and no
+  ANSIBLE_/MOLECULE_ variables, exactly as a user reruns it right after a
+  rotation;
+- `--scenario NAME` (a role scenario): that scenario's converge.yml, run as
+  molecule's converge runs it (molecule's environment, `--inventory
+  inventories/lab`, the extra vars of shared/vars/molecule.yml); molecule's
+  state says converged, so the rerun is the plain, unforced one.
+
+Every host must end with changed=0, except the run's own bookkeeping on the
+controller (taking and releasing the run lock, writing this run's report).
+Prints one JSON object: rc, recap, changed_tasks, offending (changed tasks that
+are not bookkeeping). Exit 0 when idempotent, 1 when not, 2 when the run failed.
 """
 import argparse
 import json
@@ -20,6 +29,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
+MOLECULE = REPO / "extensions" / "molecule"
 BOOKKEEPING = re.compile(r"run lock|Write the (JSON|Markdown) report|report folder", re.I)
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
 
@@ -48,17 +58,26 @@ def recap(output):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="rerun.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--limit", default="lab")
-    ap.add_argument("--playbook", default="playbooks/rotate_all.yml")
+    ap.add_argument("--scenario", default="full")
+    ap.add_argument("--limit", default="lab", help="the environment (scenario full)")
     ap.add_argument("--log", help="write the full ansible output here")
     ap.add_argument("--timeout", type=int, default=900)
     args = ap.parse_args(argv)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ANSIBLE_", "MOLECULE_", "VAULT_", "BAO_"))}
-    env.update({"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0"})
     bindir = str(Path(sys.executable).parent)
+    if args.scenario == "full":
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("ANSIBLE_", "MOLECULE_", "VAULT_", "BAO_"))}
+        env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
+        argv = [os.path.join(bindir, "ansible-playbook"), "playbooks/rotate_all.yml", "-l", args.limit]
+    else:
+        converge = MOLECULE / args.scenario / "converge.yml"
+        if not converge.is_file():
+            ap.error("no scenario %s (%s)" % (args.scenario, converge))
+        env = dict(os.environ)
+        argv = [os.path.join(bindir, "ansible-playbook"), "--inventory", str(REPO / "inventories" / "lab"),
+                "--extra-vars", "@%s" % (MOLECULE / "shared" / "vars" / "molecule.yml"), str(converge)]
+    env.update({"ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1", "PY_COLORS": "0"})
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    argv = [os.path.join(bindir, "ansible-playbook"), args.playbook, "-l", args.limit]
     proc = subprocess.run(argv, cwd=str(REPO), env=env, capture_output=True, text=True,
                           timeout=args.timeout, check=False)
     output = proc.stdout + proc.stderr
