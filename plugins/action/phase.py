@@ -52,6 +52,20 @@ HEALTH_MEANINGS = {
 }
 
 
+def failure_dict(error):
+    return {"failure_class": error.failure_class, "msg": error.message, "hint": error.hint}
+
+
+class StepFailed(Exception):
+    """A step of the phase did not hold: its failure, as recorded in the run."""
+
+    def __init__(self, failure):
+        super(StepFailed, self).__init__(failure.get("msg"))
+        self.failure = failure
+        self.error = RotateError(failure.get("failure_class") or "unknown", failure.get("msg") or "failed",
+                                 hint=failure.get("hint"))
+
+
 class ActionModule(EngineAction):
     _VALID_ARGS = frozenset(("phase", "step", "error"))
 
@@ -59,35 +73,51 @@ class ActionModule(EngineAction):
         result = super(ActionModule, self).run(tmp, task_vars)
         self._setup(task_vars)
         self.phase = self._task.args.get("phase")
-        step = self._task.args.get("step")
+        self.step = self._task.args.get("step")
         self.started = time.time()
-        handler = getattr(self, "step_%s" % step, None)
+        handler = getattr(self, "step_%s" % self.step, None)
         if self.phase not in _catalog.PHASES or handler is None:
-            return self.failed(result, RotateError("bad_input", "unknown phase %r or step %r" % (self.phase, step)))
+            return self.failed(result, RotateError("bad_input", "unknown phase %r or step %r" % (
+                self.phase, self.step)))
         try:
             result.update(handler())
+        except StepFailed as failed:
+            self.record(failed.failure)
+            return self.failed(result, failed.error)
         except RotateError as err:
+            self.record(failure_dict(err))
             return self.failed(result, err)
         except (AnsibleConnectionFailure, KeyboardInterrupt):
             raise
         except Exception as exc:  # a bug or an unforeseen state: say which step, keep the run reportable
-            return self.failed(result, RotateError("unknown", "%s/%s on %s failed unexpectedly: %s: %s" % (
-                self.phase, step, self.host, type(exc).__name__, exc),
+            err = RotateError("unknown", "%s/%s on %s failed unexpectedly: %s: %s" % (
+                self.phase, self.step, self.host, type(exc).__name__, exc),
                 hint="rerun with -vvv; the run folder %s holds what each step recorded" % (
-                    (self.var("vault_rotate_run") or {}).get("dir"),)))
+                    (self.var("vault_rotate_run") or {}).get("dir"),))
+            self.record(failure_dict(err))
+            return self.failed(result, err)
         return result
 
     # ------------------------------------------------------------ helpers
 
-    def fail_step(self, run, failure, gate=None, where=None):
-        """Record a failure of this phase in the run, then fail the task with it."""
+    def record(self, failure):
+        """Keep a failed step in the run: whichever host stops the run reports it."""
+        if self.step in ("conclude", "stop"):
+            return
+        run = self.run_state(required=False)
+        if run is None:
+            return
+        failure = dict(failure)
+        failure.setdefault("gate_label", failure.get("gate") or self.phase)
+        failure.update(host=self.host, step=self.step, started=self.started)
+        run.write(failure, "phase", self.phase, "failure", "%s-%s" % (self.step, self.host))
+
+    def fail_step(self, run, failure, gate=None):
+        """Fail the task with this failure of the phase (run() records it in the run)."""
         failure = dict(failure)
         failure.setdefault("gate", gate or self.phase)
         failure["gate_label"] = gate or failure.get("gate_label") or self.phase
-        failure.update(host=self.host, step=where or self._task.args.get("step"), started=self.started)
-        run.write(failure, "phase", self.phase, "failure", "%s-%s" % (failure["step"], self.host))
-        raise RotateError(failure.get("failure_class") or "unknown", failure.get("msg") or "failed",
-                          hint=failure.get("hint"))
+        raise StepFailed(failure)
 
     def engine_on(self, run, params, gate=None):
         """engine() with an unreachable host turned into a recorded failure of this phase."""
@@ -494,21 +524,27 @@ class ActionModule(EngineAction):
 
     # ------------------------------------------------------------ conclude
 
-    def step_conclude(self):
+    def step_stop(self):
+        """Controller, in a rescue: report the failed phase, release the lock, stop the run.
+        Every host of the play enters the rescue (any_errors_fatal); whichever runs this
+        finds the failure in the run."""
+        return self.step_conclude(stopping=True)
+
+    def step_conclude(self, stopping=False):
         """Controller: record the phase as passed (or skipped); on a failure, report and stop the run."""
         error = self._task.args.get("error") or {}
-        run = self.run_state(required=not error)
+        run = self.run_state(required=not stopping)
         if run is None:
             # The run never opened (refused by an interlock or the lock): nothing to record.
             return {"failed": True, "failure_class": error.get("failure_class") or "unknown",
-                    "msg": error.get("msg") or "the run could not start"}
+                    "msg": error.get("msg") or "the run could not start (see the failed task above)"}
         failures = sorted(run.all("phase", self.phase, "failure").values(), key=lambda f: f.get("written") or 0)
         started = min([f.get("started") or self.started for f in failures] +
                       [r.get("started") or self.started for r in self.phase_records(run)] + [self.started])
         ended = time.time()
         entry = {"phase": self.phase, "host": self.host, "started": _report.to_iso8601(started),
                  "ended": _report.to_iso8601(ended), "duration_s": round(ended - started, 3), "ended_epoch": ended}
-        if not failures and (not error or self.check_mode):
+        if not failures and not stopping:
             gate, msg, extra = self.passed(run)
             entry.update(gate=gate, failure_class=None, msg=msg, extra=extra)
             run.write(entry, "phase", self.phase, "result")
@@ -521,8 +557,11 @@ class ActionModule(EngineAction):
         else:
             klass = error.get("failure_class") or "unknown"
             label = self.phase
-            text = " ".join(str(error.get("msg") or "the gate did not hold").split())
+            text = " ".join(str(error.get("msg") or "a step of %s failed (see the failed task above)" % self.phase)
+                            .split())
             hint = error.get("hint") or "read the message above, fix it, rerun"
+            if ". Next: " in text:
+                text, hint = text.split(". Next: ", 1)
         line = "GATE %s FAILED (%s): %s. Next: %s" % (label, klass, text.rstrip("."),
                                                       hint or "read the message above, fix it, rerun")
         entry.update(gate="failed", failure_class=klass, msg=_report.scrub(text, 600))

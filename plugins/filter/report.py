@@ -11,6 +11,7 @@ __metaclass__ = type
 
 from ansible_collections.privsec.vault_rotate.plugins.plugin_utils._report import (
     env_interlock,
+    failure,
     plan_rows,
     plan_table,
     report_build,
@@ -24,6 +25,7 @@ class FilterModule(object):
     def filters(self):
         return {
             "env_interlock": env_interlock,
+            "failure": failure,
             "to_epoch": to_epoch,
             "to_iso8601": to_iso8601,
             "plan_rows": plan_rows,

@@ -32,8 +32,8 @@ description:
     C(.prev) backups, write the bundles, reload or restart the units that read what changed, run the host's gates),
     V(gate) (admin host: the gates that need the admin identity), V(rollback) (each host, after a failed gate:
     put back what this run changed there, reload/restart again, prove it), V(conclude) (controller: record the
-    phase; after a failure write the report, release the lock and stop with
-    C(GATE <gate> FAILED (<class>): <what>. Next: <what to check>))."
+    phase as passed), V(stop) (controller, in the rescue: write the report, release the lock and stop the run
+    with C(GATE <gate> FAILED (<class>): <what>. Next: <what to check>); it always fails)."
   - "Steps of the restart phase: V(decide) (controller: restart only when a phase changed a file Vault reads at
     start only, or always), V(apply) (the Vault and proxy hosts: restart the units), V(ready) (admin host: wait,
     bounded, for a TLS session and sys/health 200, unsealing with the given keys)."
@@ -63,11 +63,11 @@ options:
     description: The step of the phase, see the description.
     type: str
     required: true
-    choices: [plan, apply, rollback, check, sign, mappings, gate, ready, decide, conclude]
+    choices: [plan, apply, rollback, check, sign, mappings, gate, ready, decide, conclude, stop]
   error:
     description:
-      - With O(step=conclude) in a rescue, the failed task's result (C(ansible_failed_result)), used when the
-        failure was not one of the run's own gates (an unexpected error).
+      - With O(step=stop) (in a rescue), the failed task's result (C(ansible_failed_result)), used when the
+        failure was not one of the run's own steps (an unexpected error).
     type: dict
   work:
     description:
@@ -155,7 +155,7 @@ def main():
             phase=dict(type="str", required=True, choices=["preflight", "admin_cert", "server_tls", "agent_login",
                                                            "app_leaf", "proxy_trust", "restart", "healthcheck"]),
             step=dict(type="str", required=True, choices=["plan", "apply", "rollback", "check", "sign", "mappings",
-                                                          "gate", "ready", "decide", "conclude"]),
+                                                          "gate", "ready", "decide", "conclude", "stop"]),
             error=dict(type="dict"),
             work=dict(type="dict", default={}),
             unseal_keys=dict(type="list", elements="str", no_log=True, default=[]),

@@ -335,3 +335,25 @@ def to_epoch(value):
 def to_iso8601(value):
     """ISO 8601 string, datetime or epoch -> `YYYY-MM-DDTHH:MM:SSZ` (UTC); None when unparsable."""
     return _iso(value)
+
+
+def failure(result):
+    """The failure of a task result: {failed, failure_class, msg, hint, gate}."""
+    result = result if isinstance(result, dict) else {}
+    failed = bool(result.get("failed") or result.get("failure_class") or result.get("unreachable"))
+    msg = " ".join(str(result.get("msg") or "").split())
+    hint = result.get("hint")
+    if ". Next: " in msg:
+        msg, next_part = msg.split(". Next: ", 1)
+        hint = hint or next_part
+    gate = None
+    match = re.match(r"^GATE (\S+) FAILED \((\w+)\): (.*)$", msg)
+    klass = result.get("failure_class")
+    if match:
+        gate, klass, msg = match.group(1), klass or match.group(2), match.group(3)
+    if result.get("unreachable") and not klass:
+        klass = "unreachable"
+    return {"failed": failed, "failure_class": (klass or "unknown") if failed else None,
+            "msg": _scrub(msg, 1000) if failed else None, "hint": _scrub(hint, 1000) if failed else None,
+            "gate": gate}
+

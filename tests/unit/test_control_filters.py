@@ -105,3 +105,20 @@ def test_times():
     assert f.to_epoch("__omit_place_holder__x") is None
     assert f.to_iso8601(60) == "1970-01-01T00:01:00Z"
     assert f.to_iso8601(datetime.datetime(2026, 11, 25, 17, 50)) == "2026-11-25T17:50:00Z"
+
+
+def test_failure_of_a_gate_line_a_module_failure_and_a_success():
+    gate = f.failure({"failed": True, "failure_class": "reload_failed",
+                      "msg": "GATE app_leaf/ncprd1 FAILED (reload_failed): nginx refused the reload. Next: read its log"})
+    assert gate == {"failed": True, "failure_class": "reload_failed", "msg": "nginx refused the reload",
+                    "hint": "read its log", "gate": "app_leaf/ncprd1"}
+    module = f.failure({"failed": True, "msg": "cannot write x. Next: remount it", "failure_class": "write_failed"})
+    assert (module["failure_class"], module["msg"], module["hint"], module["gate"]) == (
+        "write_failed", "cannot write x", "remount it", None)
+    assert f.failure({"failed": True, "msg": "boom"})["failure_class"] == "unknown"
+    assert f.failure({"unreachable": True, "msg": "ssh: no route"})["failure_class"] == "unreachable"
+    assert f.failure({"changed": True}) == {"failed": False, "failure_class": None, "msg": None, "hint": None,
+                                            "gate": None}
+    # never a key in what it returns
+    leaked = f.failure({"failed": True, "msg": "bad -----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----"})
+    assert "PRIVATE KEY" not in leaked["msg"]
