@@ -8,7 +8,13 @@ rebuilt only when the pins or the interpreter change) and runs:
 - `ansible-doc` of every module, filter and role of the collection;
 - a full `playbooks/rotate_all.yml -l lab` on a throwaway lab (every phase, its
   gate, a forced restart with unseal, the report), fed like docs/awx.md's AWX
-  credential types, checked from the outside: report, serials, pid, lab health.
+  credential types, checked from the outside: report, serials, pid, lab health;
+  then the healthcheck role on its own (entry point main, argument spec
+  validated, a run of its own opened and closed);
+- on the oldest AND the newest: the same rotation with the engine as a real
+  module on the target (`VAULT_ROTATE_INPROCESS=0`: the action plugins run
+  `privsec.vault_rotate.phase` through `_execute_module`, as for any host that is
+  not the controller itself), every slot rotated, restart + unseal.
 
 The README's "Supported versions" table must name exactly these versions.
 """
@@ -65,18 +71,18 @@ def _find_python():
     return None
 
 
-def _clean_env(**extra):
+def _clean_env(venv=VENV, **extra):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("ANSIBLE_", "VAULT_", "BAO_", "VIRTUAL_ENV", "PYTHONHOME"))}
-    # the oldest venv first on PATH: ansible-* shell out to their siblings
-    env["PATH"] = str(VENV / "bin") + os.pathsep + env.get("PATH", "")
+    # the venv under test first on PATH: ansible-* shell out to their siblings
+    env["PATH"] = str(venv / "bin") + os.pathsep + env.get("PATH", "")
     env.update({"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"})
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
-def _run(argv, timeout=300, **env):
-    return subprocess.run([str(a) for a in argv], cwd=str(REPO), env=_clean_env(**env), capture_output=True,
+def _run(argv, timeout=300, venv=VENV, **env):
+    return subprocess.run([str(a) for a in argv], cwd=str(REPO), env=_clean_env(venv, **env), capture_output=True,
                           text=True, timeout=timeout, check=False)
 
 
@@ -200,6 +206,68 @@ def test_rotate_all_on_the_oldest_with_awx_style_credentials(oldest_venv, throwa
     assert _serial(cred / "client_cert") != cred_serial
     assert _serial(paths["admin_crt"]) == lab_admin_serial
     # restarted (new pid), unsealed with the list, healthy
+    assert lab.lab.unit_pid("container-vaultprod") not in (None, vault_pid)
+    status = lab.labctl("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+
+    # A role on its own, as a user's playbook uses it (entry point main: its argument spec validated, a run
+    # of its own opened and closed): playbooks/healthcheck.yml with the same credentials.
+    alone = _run([oldest_venv / "bin" / "ansible-playbook", REPO / "playbooks" / "healthcheck.yml", "-l", "lab",
+                  "-i", REPO / "inventories" / "lab", "-e", "@%s" % extra], timeout=300,
+                 LAB_DIR=lab.dir, VAULT_CLIENT_CERT=cred / "client_cert", VAULT_CLIENT_KEY=cred / "client_key",
+                 VAULT_CACERT=cred / "ca_cert", VAULT_TLS_SERVER_NAME=lab.tls_server_name)
+    _ok(alone, "playbooks/healthcheck.yml with ansible-core %s" % _oldest_pin())
+    assert "Validating arguments against arg spec" in alone.stdout
+    assert not list((lab.dir / "run").glob("vault_rotate-*.lock")), "the role left its run lock behind"
+    report = json.loads((lab.dir / "reports" / "latest.json").read_text())
+    assert report["status"] == "success", report.get("msg")
+    assert [p["phase"] for p in report["phases"] if p.get("gate") == "passed"] == ["healthcheck"], report["phases"]
+
+
+@pytest.mark.lab
+@pytest.mark.destructive
+@pytest.mark.slow
+@pytest.mark.parametrize("line", ["oldest", "newest"])
+def test_rotate_all_with_the_engine_as_a_module(line, request, throwaway_lab, tmp_path):
+    """VAULT_ROTATE_INPROCESS=0: every engine step runs as the module privsec.vault_rotate.phase on its
+    host (what a remote host always gets), not in the controller's worker; forced, restart + unseal, so
+    every step kind (plan, sign, apply, gate, ready with unseal_keys) goes through the module."""
+    venv = request.getfixturevalue("oldest_venv") if line == "oldest" else REPO / ".venv"
+    pin = _oldest_pin() if line == "oldest" else _newest_pin()
+    _ok(_run([venv / "bin" / "ansible", "--version"], venv=venv), "ansible --version")
+    lab = throwaway_lab()
+    paths = lab.info["paths"]
+    keys = json.loads((lab.dir / "secrets" / "init.json").read_text())["keys_base64"]
+    extra = tmp_path / "unseal.json"
+    extra.touch(mode=0o600)
+    extra.write_text(json.dumps({"vault_rotate_unseal_keys": keys}))
+    slots = {"admin": paths["admin_crt"], "listener": paths["server_crt"]}
+    for app, app_paths in lab.info["app_paths"].items():
+        for kind in ("agent_crt", "frontend_crt", "proxy_crt"):
+            if app_paths.get(kind):
+                slots["%s/%s" % (app, kind)] = app_paths[kind]
+    before = dict((name, _serial(path)) for name, path in slots.items())
+    vault_pid = lab.lab.unit_pid("container-vaultprod")
+
+    proc = _run([venv / "bin" / "ansible-playbook", REPO / "playbooks" / "rotate_all.yml", "-l", "lab",
+                 "-i", REPO / "inventories" / "lab", "-vvv", "-e", "@%s" % extra, "-e", "vault_rotate_force=true",
+                 "-e", "vault_rotate_restart_vault=always"], timeout=900, venv=venv,
+                VAULT_ROTATE_INPROCESS=0, LAB_DIR=lab.dir)
+    _ok(proc, "rotate_all.yml with VAULT_ROTATE_INPROCESS=0 on ansible-core %s" % pin)
+    output = proc.stdout + proc.stderr
+    assert "core %s]" % pin in _run([venv / "bin" / "ansible", "--version"], venv=venv).stdout
+    assert "Traceback" not in output
+    assert not [k for k in keys if k in output], "an unseal key is in the output"
+    # the engine ran as a module, once per engine step and host (-vvv names the module file it ships)
+    shipped = re.findall(r"Using module file \S*/plugins/modules/phase\.py", output)
+    assert len(shipped) >= 15, "the module privsec.vault_rotate.phase ran %d times" % len(shipped)
+    report = json.loads((lab.dir / "reports" / "latest.json").read_text())
+    assert report["status"] == "success", report.get("msg")
+    assert report["summary"]["gates_failed"] == 0
+    assert report["summary"]["rotated"] == len(slots), report["summary"]
+    assert report["extra"].get("restart_unsealed_by_run") == "True", report["extra"]  # extra values are text
+    unchanged = [name for name, path in slots.items() if _serial(path) == before[name]]
+    assert not unchanged, "not rotated: %s" % unchanged
     assert lab.lab.unit_pid("container-vaultprod") not in (None, vault_pid)
     status = lab.labctl("status")
     assert status.returncode == 0, status.stdout + status.stderr
