@@ -49,6 +49,7 @@ from ansible_collections.privsec.vault_rotate.plugins.module_utils._mapping impo
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._material import Material, fields
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._pki import read_issuers, sign_or_issue
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._services import Services
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._timing import Deadline
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._tls import make_context, probe_until
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._vault import VaultClient
 
@@ -352,16 +353,13 @@ def _gate_connection(gate):
 
 def _until(gate, attempt):
     """Call attempt() until it returns without RotateError or the gate's wait_timeout passes."""
-    deadline = time.monotonic() + float(gate.get("wait_timeout") or 0)
-    pause = max(float(gate.get("interval") or 0.5), 0.05)
+    deadline = Deadline(float(gate.get("wait_timeout") or 0), max(float(gate.get("interval") or 0.5), 0.05), cap=2.0)
     while True:
         try:
             return attempt()
         except RotateError:
-            if time.monotonic() + pause > deadline:
+            if not deadline.wait():
                 raise
-        time.sleep(pause)
-        pause = min(pause * 1.5, 2.0)
 
 
 def _gate_unit(gate, ctx):

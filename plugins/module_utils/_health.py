@@ -16,6 +16,7 @@ __metaclass__ = type
 
 import time
 
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._timing import Deadline
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError, classify_http
 
 MAX_PAUSE = 5.0
@@ -118,12 +119,8 @@ def wait_ready(client, wait_timeout=0, interval=1, unseal_keys=None, standby_ok=
     message says how long it waited), with every result field but
     failure_class, hint and msg in its details.
     """
-    if wait_timeout < 0 or interval <= 0:
-        raise RotateError("bad_input", "wait_timeout must be >= 0 and interval > 0")
     keys = [k for k in (unseal_keys or []) if k]
-    start = time.monotonic()
-    deadline = start + wait_timeout
-    pause = interval
+    deadline = Deadline(wait_timeout, interval, cap=MAX_PAUSE)
     attempts = 0
     result = {"ready": False, "unsealed": False, "changed": False, "failure_class": None, "hint": None}
     observed = []
@@ -132,18 +129,14 @@ def wait_ready(client, wait_timeout=0, interval=1, unseal_keys=None, standby_ok=
         error, stop = _check(client, keys, result, standby_ok, check_mode)
         _observe(observed, error.failure_class if error else "ready")
         if result["unsealed"] and "unsealed" not in observed:
+            # Unsealed by us: it answers 429 (standby) for a moment, then 200; look again soon.
             observed.append("unsealed")
-            deadline = max(deadline, time.monotonic() + UNSEAL_GRACE)
-            pause = min(interval, 0.1)
-        if stop:
+            deadline.extend(UNSEAL_GRACE)
+            deadline.restart_pauses(min(interval, 0.1))
+        if stop or not deadline.wait():
             break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        time.sleep(min(pause, remaining))
-        pause = min(max(pause, 0.1) * 1.5, max(MAX_PAUSE, interval))
 
-    result.update(attempts=attempts, elapsed=round(time.monotonic() - start, 3), observed=observed)
+    result.update(attempts=attempts, elapsed=deadline.elapsed(), observed=observed)
     if result["ready"]:
         result["msg"] = "Vault %s is ready (HTTP %s)%s" % (
             result.get("version"), result.get("status_code"), ", unsealed by this task" if result["unsealed"] else "")

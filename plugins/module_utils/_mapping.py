@@ -15,8 +15,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import re
 
+from ansible_collections.privsec.vault_rotate.plugins.module_utils import _timing
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._x509 import (
     bundle_to_pem,
@@ -38,39 +38,17 @@ LIST_FIELDS = (
 TTL_FIELDS = ("token_ttl", "token_max_ttl", "token_period")
 MANAGED_FIELDS = ("certificate", "display_name") + LIST_FIELDS + TTL_FIELDS
 
-_GO_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|\u00b5s|ms|s|m|h)")
-_GO_UNIT_SECONDS = {
-    "ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600,
-}
 
 
 def parse_duration(value):
-    """Return whole seconds for a TTL as Vault accepts it: 3600, "3600", "1h30m", "2d".
-
-    None and "" mean 0 (unset). Raises ValueError with the offending value otherwise.
-    Vault truncates to whole seconds; so do we, so "90.5s" compares equal to 90.
-    """
-    if value is None or value == "":
-        return 0
-    if isinstance(value, bool):
-        raise ValueError("not a duration: %r" % (value,))
-    if isinstance(value, (int, float)):
-        return int(value)
-    text = str(value).strip().lower()
-    if re.match(r"^[0-9]+$", text):
-        return int(text)
-    match = re.match(r"^([0-9]+)d$", text)
-    if match:
-        return int(match.group(1)) * 86400
-    pos, total = 0, 0.0
-    for part in _GO_DURATION_PART.finditer(text):
-        if part.start() != pos:
-            break
-        total += float(part.group(1)) * _GO_UNIT_SECONDS[part.group(2)]
-        pos = part.end()
-    if pos == 0 or pos != len(text):
+    """Whole seconds of a TTL as Vault accepts it (3600, "3600", "1h30m", "2d"; see
+    _timing.parse_duration). None and "" mean 0 (unset). Raises ValueError naming the
+    value otherwise. Vault truncates to whole seconds; so do we ("90.5s" == 90)."""
+    try:
+        seconds = _timing.parse_duration(value)
+    except RotateError:
         raise ValueError("not a duration: %r (use seconds, or e.g. 90m, 1h30m, 2d)" % (value,))
-    return int(total)
+    return int(seconds or 0)
 
 
 def normalise_list(value):

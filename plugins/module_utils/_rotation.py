@@ -14,8 +14,8 @@ __metaclass__ = type
 
 import datetime
 import ipaddress
-import re
 
+from ansible_collections.privsec.vault_rotate.plugins.module_utils import _timing
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
 
 DEFAULT_RENEW_FRACTION = 2.0 / 3.0
@@ -36,43 +36,8 @@ ROTATE_REASONS = (
 )
 KEEP_REASONS = ("valid",)
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)", re.IGNORECASE)
-_UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-def parse_duration(value):
-    """'3d', '12h', '1d12h', '90m', '3600' (seconds), 3600 -> seconds (float).
-
-    None and '' give None. Anything else raises RotateError('bad_input').
-    """
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 0:
-            raise RotateError("bad_input", "duration must not be negative: %r" % (value,))
-        return float(value)
-    text = str(value).strip().lower()
-    if re.match(r"^\d+(\.\d+)?$", text):
-        return float(text)
-    compact = text.replace(" ", "")
-    parts = _DURATION_PART.findall(compact)
-    if not parts or "".join(n + u for n, u in parts) != compact:
-        raise RotateError(
-            "bad_input",
-            "cannot read the duration %r" % (value,),
-            hint="use a number of seconds or units w/d/h/m/s, e.g. '3d', '12h', '1d12h'",
-        )
-    return float(sum(float(n) * _UNIT_SECONDS[u.lower()] for n, u in parts))
-
-
-def _parse_time(text):
-    text = str(text)
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    value = datetime.datetime.fromisoformat(text)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
-    return value
+parse_duration = _timing.parse_duration
+_parse_time = _timing.parse_time
 
 
 def _now(now):

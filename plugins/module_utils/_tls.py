@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._timing import MAX_PAUSE, Deadline
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import (
     RotateError,
     classify_exception,
@@ -380,7 +381,6 @@ def _served_chain_unverified(host, port, server_name, context, timeout):
 
 # ---------------------------------------------------------------- probe until ok
 
-MAX_PAUSE = 5.0
 
 
 def _expectation_problem(result, expect_serial, expect_fingerprint):
@@ -427,9 +427,7 @@ def probe_until(host, port, server_name=None, context=None, unverified_context=N
     """
     if timeout <= 0 or wait_timeout < 0 or interval <= 0:
         raise RotateError("bad_input", "timeout and interval must be > 0, wait_timeout >= 0")
-    start = time.monotonic()
-    deadline = start + wait_timeout
-    pause = interval
+    deadline = Deadline(wait_timeout, interval, cap=MAX_PAUSE)
     attempts = 0
     observed = []
     while True:
@@ -439,13 +437,10 @@ def probe_until(host, port, server_name=None, context=None, unverified_context=N
         label = result["failure_class"] or "ok"
         if not observed or observed[-1] != label:
             observed.append(label)
-        remaining = deadline - time.monotonic()
-        if result["ok"] or remaining <= 0:
+        if result["ok"] or not deadline.wait():
             break
-        time.sleep(min(pause, remaining))
-        pause = min(pause * 1.5, max(MAX_PAUSE, interval))
 
-    result.update(attempts=attempts, elapsed=round(time.monotonic() - start, 3), observed=observed)
+    result.update(attempts=attempts, elapsed=deadline.elapsed(), observed=observed)
     for key in ("target", "verify_message", "errno", "phase"):
         result.setdefault(key, None)
     return result

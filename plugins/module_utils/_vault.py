@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
+from ansible_collections.privsec.vault_rotate.plugins.module_utils import _timing
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import (
     RotateError,
     classify_exception,
@@ -55,11 +56,8 @@ MAX_BACKOFF = 5.0
 
 
 def backoff_delays(initial=0.25, factor=2.0, cap=MAX_BACKOFF):
-    """Yield growing sleep times: 0.25, 0.5, 1, 2, 4, 5, 5, ..."""
-    delay = initial
-    while True:
-        yield min(delay, cap)
-        delay *= factor
+    """Growing sleep times between retried requests: 0.25, 0.5, 1, 2, 4, 5, 5, ..."""
+    return _timing.pauses(initial, factor, cap)
 
 
 class _SNIConnection(http_client.HTTPConnection if http_client else object):

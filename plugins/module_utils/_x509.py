@@ -18,6 +18,7 @@ import ipaddress
 import re
 import traceback
 
+from ansible_collections.privsec.vault_rotate.plugins.module_utils import _timing
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
 
 CRYPTOGRAPHY_IMPORT_ERROR = None
@@ -88,11 +89,8 @@ def format_time(value):
 
 
 def parse_time(text):
-    """Inverse of format_time (accepts the canonical 'Z' form and '+00:00')."""
-    text = str(text).strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    return _aware(datetime.datetime.fromisoformat(text))
+    """Inverse of format_time (the canonical 'Z' form, '+00:00', epoch): _timing.parse_time."""
+    return _timing.parse_time(text)
 
 
 def not_before(cert):

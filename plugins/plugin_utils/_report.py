@@ -17,6 +17,8 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.privsec.vault_rotate.plugins.module_utils import _timing
+
 SLOT_FIELDS = ("slot", "phase", "host", "cert_path", "decision", "action", "reason_text")
 CERT_FIELDS = ("serial", "not_after", "fingerprint_sha256")
 PHASE_FIELDS = ("phase", "started", "ended", "duration_s", "gate", "failure_class", "msg")
@@ -44,25 +46,13 @@ scrub = _scrub
 
 
 def _parse_time(value):
-    """ISO 8601 (with Z or offset) or epoch seconds -> aware UTC datetime, or None."""
+    """ISO 8601 (with Z or offset), epoch seconds or a datetime -> aware UTC datetime; None when unparsable."""
     if value is None or value == "":
         return None
-    if isinstance(value, datetime.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
-    if isinstance(value, (int, float)):
-        return datetime.datetime.fromtimestamp(float(value), datetime.timezone.utc)
-    text = str(value).strip()
     try:
-        return datetime.datetime.fromtimestamp(float(text), datetime.timezone.utc)
-    except ValueError:
-        pass
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.datetime.fromisoformat(text)
-    except ValueError:
+        return _timing.parse_time(value)
+    except (ValueError, TypeError, OverflowError):
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
 
 
 def _iso(value):

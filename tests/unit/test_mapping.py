@@ -49,12 +49,13 @@ def new_ca():
     (None, 0), ("", 0), (0, 0), (3600, 3600), ("3600", 3600), ("1h", 3600), ("60m", 3600),
     ("3600s", 3600), ("1h30m", 5400), ("90m", 5400), ("1.5h", 5400), ("2d", 172800),
     ("720h", 2592000), (" 1H ", 3600), ("90.9s", 90), (12.7, 12), ("500ms", 0),
+    ("1d2h", 93600),  # one parser for every duration (_timing): Vault gets the seconds
 ])
 def test_parse_duration_accepts_every_form_vault_accepts(value, seconds):
     assert m.parse_duration(value) == seconds
 
 
-@pytest.mark.parametrize("value", ["1 hour", "h", "1h-5m", "1x", "-5", True, "1d2h"])
+@pytest.mark.parametrize("value", ["1 hour", "h", "1h-5m", "1x", "-5", True, "d2"])
 def test_parse_duration_rejects_garbage_with_the_value(value):
     with pytest.raises(ValueError) as info:
         m.parse_duration(value)
