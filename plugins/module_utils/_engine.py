@@ -71,7 +71,8 @@ SLOT_OPTIONS = dict(
     name=dict(type="str", required=True),
     phase=dict(type="str", required=True),
     label=dict(type="str"),
-    cert_path=dict(type="path", required=True),
+    # The leaf file, the fullchain file, or both (see cert_material: the layout follows what is installed).
+    cert_path=dict(type="path"),
     key_path=dict(type="path", required=True),
     fullchain_path=dict(type="path"),
     chain_path=dict(type="path"),

@@ -50,20 +50,36 @@ class Material(object):
     def __init__(self, params, check_mode=False):
         self.params = params
         self.check_mode = check_mode
-        self.cert_path = self.params["cert_path"]
         self.key_path = self.params["key_path"]
         self.staged_path = self.key_path + STAGED_SUFFIX
+        self.fullchain_path = self.params.get("fullchain_path") or None
+        self.cert_path = self.params.get("cert_path") or None
+        if not self.cert_path and not self.fullchain_path:
+            raise RotateError("bad_input", "a slot needs cert_path or fullchain_path (or both)",
+                              hint="set the leaf file, the fullchain file, or both, as the service reads them")
+        # The file layout follows what is installed: a leaf file that is configured but absent
+        # beside an existing fullchain (nginx reads only <name>.fullchain.pem and <name>.key)
+        # is not created; the leaf is read from the fullchain's first certificate.
+        if self.cert_path and self.fullchain_path and not os.path.exists(self.cert_path) \
+                and os.path.exists(self.fullchain_path):
+            self.cert_path = None
+        self.leaf_path = self.cert_path or self.fullchain_path
+        self.layout = "+".join(name for name, path in (("cert", self.cert_path), ("fullchain", self.fullchain_path),
+                                                         ("chain", self.params.get("chain_path"))) if path)
         self.now = _x509.utcnow()
 
     # ---------------------------------------------------------- reading
 
     def read_cert(self):
-        """(cert, info, parse_error); all None when the file is missing."""
-        data = _files.read_file(self.cert_path)
+        """(cert, info, parse_error) of the installed leaf; all None when the file is missing."""
+        data = _files.read_file(self.leaf_path)
         if data is None:
             return None, None, None
         try:
-            cert = _x509.load_certificate(data, what=self.cert_path)
+            if self.cert_path:
+                cert = _x509.load_certificate(data, what=self.leaf_path)
+            else:
+                cert = _x509.load_pem_bundle(data, what=self.leaf_path)[0]
         except RotateError as err:
             return None, None, err.message
         return cert, _x509.cert_info(cert, now=self.now), None
@@ -96,8 +112,7 @@ class Material(object):
         return _x509.load_pem_bundle(self.params["ca_bundle"], what="ca_bundle")
 
     def paths(self):
-        return [p for p in (self.key_path, self.cert_path, self.params.get("fullchain_path"),
-                            self.params.get("chain_path")) if p]
+        return [p for p in (self.key_path, self.cert_path, self.fullchain_path, self.params.get("chain_path")) if p]
 
     # ---------------------------------------------------------- inspect
 
@@ -113,8 +128,7 @@ class Material(object):
         fullchain = self.read_bundle(self.params.get("fullchain_path"))
         bundle = self.ca_bundle()
         fullchain_matches = None
-        if cert is not None and self.params.get("fullchain_path") and \
-                os.path.exists(self.params["fullchain_path"]):
+        if cert is not None and self.cert_path and self.fullchain_path and os.path.exists(self.fullchain_path):
             fullchain_matches = bool(fullchain) and \
                 _x509.fingerprint_sha256(fullchain[0]) == _x509.fingerprint_sha256(cert)
         result = _rotation.evaluate(
@@ -130,7 +144,7 @@ class Material(object):
         if info is not None:
             current = dict(info, key_matches=key_matches)
         output = dict(
-            changed=False, exists=os.path.exists(self.cert_path), current=current,
+            changed=False, exists=os.path.exists(self.leaf_path), current=current, layout=self.layout,
             rotate=result["rotate"], reasons=result["reasons"], reason_text=result["reason_text"],
             summary=_rotation.summary(result), due_at=result["due_at"],
             chain=_x509.describe_bundle(chain), chain_verified=chain_verified, chain_problem=chain_problem,
@@ -279,11 +293,12 @@ class Material(object):
         owner, group = self.params.get("owner"), self.params.get("group")
         cert_mode, key_mode = self.params["cert_mode"], self.params["key_mode"]
         leaf_pem = _x509.cert_to_pem(leaf)
-        files = [(self.key_path, key_pem, owner, group, key_mode),
-                 (self.cert_path, leaf_pem.encode("ascii"), owner, group, cert_mode)]
-        if self.params.get("fullchain_path"):
+        files = [(self.key_path, key_pem, owner, group, key_mode)]
+        if self.cert_path:
+            files.append((self.cert_path, leaf_pem.encode("ascii"), owner, group, cert_mode))
+        if self.fullchain_path:
             intermediates = [c for c in chain if not _x509.is_self_signed(c)]
-            files.append((self.params["fullchain_path"], (leaf_pem + _x509.bundle_to_pem(intermediates)).encode("ascii"),
+            files.append((self.fullchain_path, (leaf_pem + _x509.bundle_to_pem(intermediates)).encode("ascii"),
                           owner, group, cert_mode))
         if self.params.get("chain_path") and chain_given:
             files.append((self.params["chain_path"], _x509.bundle_to_pem(chain).encode("ascii"), owner, group, cert_mode))
@@ -334,11 +349,11 @@ class Material(object):
                         restored_serial=before["serial"] if before else None,
                         msg="the installed certificate is not %s: nothing of this run to restore" % expect)
         have, _missing = _files.restorable(self.paths())
-        if self.cert_path not in have or self.key_path not in have:
+        if self.leaf_path not in have or self.key_path not in have:
             raise RotateError("missing_file", "no previous generation to restore: %s.prev and %s.prev must both exist" % (
-                self.cert_path, self.key_path), hint="the backup is written by step=install with backup=true")
-        prev_cert = _x509.load_certificate(_files.read_file(_files.backup_path(self.cert_path)),
-                                           what=_files.backup_path(self.cert_path))
+                self.leaf_path, self.key_path), hint="the backup is written by step=install with backup=true")
+        prev_data = _files.read_file(_files.backup_path(self.leaf_path))
+        prev_cert = _x509.load_pem_bundle(prev_data, what=_files.backup_path(self.leaf_path))[0]
         prev_key = _x509.load_private_key(_files.read_file(_files.backup_path(self.key_path)),
                                           what=_files.backup_path(self.key_path))
         if not _x509.key_matches_cert(prev_key, prev_cert):
@@ -390,5 +405,4 @@ INSPECT_OPTIONS = dict(
     renew_before=dict(type="str"),
     force=dict(type="bool", default=False),
 )
-SLOT_OPTIONS = dict(INSPECT_OPTIONS, name=dict(type="str", required=True),
-                    cert_path=dict(type="path", required=True), key_path=dict(type="path", required=True))
+SLOT_OPTIONS = dict(INSPECT_OPTIONS, name=dict(type="str", required=True), key_path=dict(type="path", required=True))

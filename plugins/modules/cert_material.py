@@ -58,7 +58,10 @@ options:
   cert_path:
     description:
       - Path of the certificate file (the leaf alone, PEM), for example C(/home/vaultprod/tls-prod/server.crt).
-      - Required, except with O(slots) (which must not be given with it).
+      - O(cert_path), O(fullchain_path) or both are required, except with O(slots) (which must not be given with
+        them). Without O(cert_path), or when it does not exist while O(fullchain_path) does (an nginx site that reads
+        only C(<name>.fullchain.pem) and C(<name>.key)), the leaf is read from the fullchain's first certificate and
+        no leaf file is written.
     type: path
   key_path:
     description:
@@ -121,6 +124,7 @@ options:
     description:
       - Optional path of a fullchain file written with the pair, holding the leaf followed by the intermediate CA
         certificates of O(chain) (self-signed roots left out), for example C(fullchain.crt) of a Vault listener.
+      - Alone (without a leaf file) it is the certificate of the slot, see O(cert_path).
     type: path
   chain_path:
     description:
@@ -467,9 +471,9 @@ def main():
             **INSPECT_OPTIONS
         ),
         required_if=[("step", "csr", ("common_name",)), ("step", "prepare", ("common_name",))],
-        required_one_of=[("cert_path", "slots")],
-        required_together=[("cert_path", "key_path")],
-        mutually_exclusive=[("cert_path", "slots"), ("key_path", "slots")],
+        required_one_of=[("cert_path", "fullchain_path", "slots")],
+        required_by={"cert_path": "key_path", "fullchain_path": "key_path"},
+        mutually_exclusive=[("cert_path", "slots"), ("fullchain_path", "slots"), ("key_path", "slots")],
         supports_check_mode=True,
     )
     if not _x509.HAS_CRYPTOGRAPHY:

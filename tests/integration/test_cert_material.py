@@ -490,3 +490,33 @@ def test_runs_on_a_host_with_an_older_cryptography(pki, slot, tmp_path):
     assert old(args)["changed"] is False
     assert ok(run_module("trust_bundle", {"path": str(tmp_path / "ca.pem"), "certificates": pki.chain_pem},
                          env=env, python=OLD_HOST_PYTHON))["changed"] is True
+
+
+def test_fullchain_only_layout_follows_what_is_installed(pki, slot):
+    """An nginx site that reads only <name>.fullchain.pem and <name>.key: the leaf file is
+    configured but absent. Inspect reads the leaf from the fullchain; install and restore
+    write only the key and the fullchain, never a leaf file nobody reads."""
+    folder = os.path.dirname(slot["cert_path"])
+    first = dict(slot, chain_path=None, cert_path=None)  # fullchain-only from the start
+    key, cert = pki.leaf(CN, dns=[CN], days=30, not_before=datetime.datetime.now(UTC) - datetime.timedelta(days=25))
+    ok(cm(dict(first, step="install", certificate=pem(cert), chain=[pem(pki.intermediate), pem(pki.root)],
+               private_key=key_pem(key))))
+    assert sorted(os.listdir(folder)) == ["agent.fullchain.pem", "agent.key"]
+
+    # The inventory still names a leaf file (the role's default): it does not exist, the fullchain does.
+    seen = ok(cm(dict(slot, chain_path=None, step="inspect", ca_bundle=pki.chain_pem)))
+    assert seen["current"]["serial"] == format_serial(cert.serial_number)
+    assert seen["reasons"] == ["due"] and seen["layout"] == "fullchain"
+    assert seen["chain_verified"] is True
+
+    made = ok(cm(dict(slot, chain_path=None, step="csr")))
+    new_key = made["staged_key_path"]
+    new_cert = pki.sign_csr(made["csr"])
+    done = ok(cm(dict(slot, chain_path=None, step="install", certificate=pem(new_cert),
+                      chain=[pem(pki.intermediate), pem(pki.root)])))
+    assert done["changed"] is True and not os.path.exists(new_key)
+    assert sorted(p for p in os.listdir(folder) if not p.endswith(".prev")) == ["agent.fullchain.pem", "agent.key"]
+    assert not os.path.exists(slot["cert_path"]), "a leaf file nobody reads was written"
+
+    back = ok(cm(dict(slot, chain_path=None, step="restore", expect_serial=done["serial"])))
+    assert back["changed"] is True and back["serial"] == format_serial(cert.serial_number)
