@@ -8,7 +8,8 @@
   against a throwaway lab, with ANSIBLE_COLLECTIONS_PATH = the install folder
   only, outside the checkout (no ansible.cfg, no `collections/` link in reach);
 - the checkout's own playbooks still find the collection when
-  ANSIBLE_COLLECTIONS_PATH is overridden (as AWX/AAP does);
+  ANSIBLE_COLLECTIONS_PATH is overridden (as AWX/AAP does): every playbook
+  parses, and rotate_all's plan (--check) runs the action plugins and the engine;
 - `ansible-builder create` writes a build context from execution-environment.yml.
 """
 import json
@@ -109,9 +110,15 @@ def test_tarball_is_clean(tarball):
     _assert_clean_tree(names, tarball.name)
     missing = [r for r in REQUIRED if r not in names]
     assert not missing, "missing from the tarball: %s" % missing
-    modules = sorted(p.name for p in (REPO / "plugins" / "modules").glob("*.py"))
-    shipped = sorted(Path(n).name for n in names if n.startswith("plugins/modules/") and n.endswith(".py"))
-    assert shipped == modules
+    # every plugin file: modules, action plugins, module_utils and plugin_utils of the engine, filters, docs
+    plugins = sorted(str(p.relative_to(REPO)) for p in (REPO / "plugins").rglob("*")
+                     if p.is_file() and p.suffix in (".py", ".yml") and "__pycache__" not in p.parts)
+    shipped = sorted(n for n in names if n.startswith("plugins/") and n.endswith((".py", ".yml")))
+    assert shipped == plugins
+    for needed in ("plugins/modules/phase.py", "plugins/modules/run.py", "plugins/action/phase.py",
+                   "plugins/action/run.py", "plugins/module_utils/_engine.py", "plugins/plugin_utils/_catalog.py",
+                   "plugins/plugin_utils/_run.py", "plugins/plugin_utils/_action.py"):
+        assert needed in names, "%s is not in the tarball" % needed
     for role in sorted(p.name for p in (REPO / "roles").iterdir() if p.is_dir()):
         assert "roles/%s/meta/argument_specs.yml" % role in names, "role %s ships without argument_specs" % role
     assert tarball.stat().st_size < 2 * 1024 * 1024, "tarball is %d bytes: something big slipped in" % (
@@ -162,7 +169,11 @@ def _dirty(path):
 @pytest.mark.lab
 @pytest.mark.destructive
 @pytest.mark.slow
-def test_rotate_all_from_the_installed_copy(installed_from_tarball, throwaway_lab, tmp_path):
+@pytest.mark.parametrize("engine", ["in-process", "module"])
+def test_rotate_all_from_the_installed_copy(engine, installed_from_tarball, throwaway_lab, tmp_path):
+    """The engine runs in the controller's worker for local hosts (in-process) and as the module
+    privsec.vault_rotate.phase on any other host (module, forced here with VAULT_ROTATE_INPROCESS=0):
+    both from the installed copy."""
     lab = throwaway_lab()
     coll = _collection_dir(installed_from_tarball)
     work = tmp_path / "operator"
@@ -178,9 +189,17 @@ def test_rotate_all_from_the_installed_copy(installed_from_tarball, throwaway_la
     paths = list(json.loads(listing.stdout))
     assert paths == [str(installed_from_tarball / "ansible_collections")], paths
 
-    proc = _run([_tool("ansible-playbook"), "-i", "inventory", "%s.rotate_all" % FQCN, "-l", "lab"],
-                cwd=work, env=env, timeout=900)
-    _ok(proc, "ansible-playbook %s.rotate_all from the installed copy" % FQCN)
+    argv = [_tool("ansible-playbook"), "-i", "inventory", "%s.rotate_all" % FQCN, "-l", "lab"]
+    if engine == "module":
+        env["VAULT_ROTATE_INPROCESS"] = "0"
+        argv.append("-vvv")
+    proc = _run(argv, cwd=work, env=env, timeout=900)
+    _ok(proc, "ansible-playbook %s.rotate_all from the installed copy (engine %s)" % (FQCN, engine))
+    shipped = re.findall(r"Using module file (\S*/plugins/modules/phase\.py)", proc.stdout)
+    if engine == "module":
+        assert len(shipped) >= 10, "the module privsec.vault_rotate.phase ran %d times" % len(shipped)
+        assert set(shipped) == {str(_collection_dir(installed_from_tarball) / "plugins" / "modules" / "phase.py")}, \
+            sorted(set(shipped))
     report = json.loads((lab.dir / "reports" / "latest.json").read_text())
     assert report["status"] == "success", report.get("msg")
     assert report["env"] == "lab"
@@ -201,6 +220,24 @@ def test_checkout_playbooks_find_the_collection_under_an_overridden_collections_
         proc = _run([_tool("ansible-playbook"), "-i", REPO / "inventories" / "prod", str(playbook),
                      "--syntax-check"], cwd=REPO, env=env, timeout=120)
         _ok(proc, "%s --syntax-check with ANSIBLE_COLLECTIONS_PATH=%s" % (playbook.name, empty))
+
+
+@pytest.mark.lab
+@pytest.mark.destructive
+def test_checkout_rotate_all_runs_under_an_overridden_collections_path(throwaway_lab, tmp_path):
+    """Beyond the syntax check: the plan of rotate_all (--check) from the checkout with
+    ANSIBLE_COLLECTIONS_PATH pointing elsewhere loads the action plugins, plugin_utils and the engine
+    through playbooks/collections, and runs them (interlocks, Vault check, every host inspected)."""
+    lab = throwaway_lab()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = _env(ANSIBLE_COLLECTIONS_PATH=empty, ANSIBLE_CONFIG=REPO / "ansible.cfg", LAB_DIR=lab.dir)
+    before = {p: p.read_bytes() for p in lab.dir.glob("home/*/nginx/tls/*.crt")}
+    proc = _run([_tool("ansible-playbook"), "-i", REPO / "inventories" / "lab", REPO / "playbooks" / "rotate_all.yml",
+                 "-l", "lab", "--check"], cwd=REPO, env=env, timeout=300)
+    _ok(proc, "rotate_all.yml --check with ANSIBLE_COLLECTIONS_PATH=%s" % empty)
+    assert "ROTATE" in proc.stdout and "(check mode: no report written)" in proc.stdout, proc.stdout[-3000:]
+    assert before and {p: p.read_bytes() for p in before} == before, "check mode changed a certificate"
 
 
 def test_ansible_builder_create(tmp_path):
