@@ -39,7 +39,6 @@ TTL_FIELDS = ("token_ttl", "token_max_ttl", "token_period")
 MANAGED_FIELDS = ("certificate", "display_name") + LIST_FIELDS + TTL_FIELDS
 
 
-
 def parse_duration(value):
     """Whole seconds of a TTL as Vault accepts it (3600, "3600", "1h30m", "2d"; see
     _timing.parse_duration). None and "" mean 0 (unset). Raises ValueError naming the

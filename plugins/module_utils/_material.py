@@ -64,8 +64,8 @@ class Material(object):
                 and os.path.exists(self.fullchain_path):
             self.cert_path = None
         self.leaf_path = self.cert_path or self.fullchain_path
-        self.layout = "+".join(name for name, path in (("cert", self.cert_path), ("fullchain", self.fullchain_path),
-                                                         ("chain", self.params.get("chain_path"))) if path)
+        files = (("cert", self.cert_path), ("fullchain", self.fullchain_path), ("chain", self.params.get("chain_path")))
+        self.layout = "+".join(name for name, path in files if path)
         self.now = _x509.utcnow()
 
     # ---------------------------------------------------------- reading

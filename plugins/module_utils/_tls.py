@@ -382,7 +382,6 @@ def _served_chain_unverified(host, port, server_name, context, timeout):
 # ---------------------------------------------------------------- probe until ok
 
 
-
 def _expectation_problem(result, expect_serial, expect_fingerprint):
     from ansible_collections.privsec.vault_rotate.plugins.module_utils import _x509
 

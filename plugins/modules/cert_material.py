@@ -82,9 +82,8 @@ options:
         type: str
         required: true
       cert_path:
-        description: As O(cert_path).
+        description: As O(cert_path); each slot needs O(slots[].cert_path), O(slots[].fullchain_path) or both.
         type: path
-        required: true
       key_path:
         description: As O(key_path).
         type: path

@@ -346,4 +346,3 @@ def failure(result):
     return {"failed": failed, "failure_class": (klass or "unknown") if failed else None,
             "msg": _scrub(msg, 1000) if failed else None, "hint": _scrub(hint, 1000) if failed else None,
             "gate": gate}
-

@@ -448,7 +448,7 @@ class Checks:
             bad = ["%s: %s (%s)" % (name, r.get("status"), r.get("msg")) for name, r in reports
                    if r.get("status") != "success" or (r.get("summary") or {}).get("gates_failed")]
             self.add("every run since the snapshot reported success", not bad,
-                     "; ".join(bad) or "%d report(s): %s" % (len(reports), ", ".join(n for n, _ in reports)))
+                     "; ".join(bad) or "%d report(s): %s" % (len(reports), ", ".join(report[0] for report in reports)))
         self.guard("runs", run)
 
     def run(self):
