@@ -403,9 +403,26 @@ class Lab:
         if PROXY_APP in self.apps:
             raise LabError("app name %r is reserved for the proxy" % PROXY_APP)
         self.cluster_port = self.vault_port + 1
-        self.url = "https://%s:%d" % (LOOPBACK, self.vault_port)
-        self.proxy_url = "https://%s:%d" % (LOOPBACK, self.proxy_port)
+        self.url = "https://%s:%d" % (self.address(), self.vault_port)
+        self.proxy_url = "https://%s:%d" % (self.address(PROXY_APP), self.proxy_port)
         self.p = self._paths()
+
+    # ---- where the services are (the fleet lab, tests/fleet, overrides these) --
+
+    def address(self, app=None):
+        """The IP address the service of `app` listens on (None: the Vault listener)."""
+        return LOOPBACK
+
+    def hp(self, path):
+        """The path a service sees for a file this code writes at `path` (here: the same)."""
+        return str(path)
+
+    def access_logfile(self, name):
+        return self.p["logs"] / ("%s.access.log" % name)
+
+    def _nginx_user(self):
+        """nginx's `user` line: root's nginx would otherwise switch its workers to nobody."""
+        return "user root;\n" if os.geteuid() == 0 else ""
 
     # ---- layout ---------------------------------------------------------
 
@@ -740,7 +757,7 @@ class Lab:
         if self._leaf_files(self.p["server_key"], self.p["server_crt"], SNI, now, issuer,
                             fullchain=self.p["fullchain"],
                             chain_files=[(self.p["ca_chain"], chain_pem), (self.p["root_ca"], root_pem)],
-                            dns=[SNI], ips=[LOOPBACK], server=True, client=True):
+                            dns=[SNI], ips=[self.address()], server=True, client=True):
             made.append("listener cert")
         if self._leaf_files(self.p["admin_key"], self.p["admin_crt"], ADMIN_CN, now, issuer,
                             chain_files=[(self.p["admin_issuing_ca"], int_pem), (self.p["admin_ca"], root_pem)],
@@ -763,7 +780,7 @@ class Lab:
                                     fullchain=a["frontend_fullchain"], dns=[fqdn], server=True):
                     made.append("frontend cert %s" % app)
         env = ("VAULT_ADDR=%s\nVAULT_CACERT=%s\nVAULT_TLS_SERVER_NAME=%s\n"
-               % (self.url, self.p["admin_ca"], SNI))
+               % (self.url, self.hp(self.p["admin_ca"]), SNI))
         _write_if_changed(self.p["prod_env"], env)
         return made
 
@@ -796,8 +813,8 @@ listener "tcp" {{
   tls_client_ca_file                 = "{ca_chain}"
   tls_require_and_verify_client_cert = true
 }}
-""".format(ip=LOOPBACK, port=self.vault_port, cport=self.cluster_port, data=p["vault_data"],
-           fullchain=p["fullchain"], key=p["server_key"], ca_chain=p["ca_chain"])
+""".format(ip=self.address(), port=self.vault_port, cport=self.cluster_port, data=self.hp(p["vault_data"]),
+           fullchain=self.hp(p["fullchain"]), key=self.hp(p["server_key"]), ca_chain=self.hp(p["ca_chain"]))
         if _write_if_changed(p["vault_config"], vault_hcl):
             changed.add("container-vaultprod")
         for app in self.apps + [PROXY_APP]:
@@ -807,7 +824,7 @@ listener "tcp" {{
                 templates.append((a["rendered_ca_chain"], CA_CHAIN_TEMPLATE))
             tpl = "".join(
                 '\ntemplate {\n  destination = "%s"\n  perms       = "0644"\n  contents    = <<EOT\n%sEOT\n}\n'
-                % (dest, body) for dest, body in templates)
+                % (self.hp(dest), body) for dest, body in templates)
             agent_hcl = """# lab: agent of {app} (written by tests/lab/lab.py)
 exit_after_auth = false
 
@@ -846,8 +863,8 @@ auto_auth {{
 template_config {{
   exit_on_retry_failure = false
 }}
-{tpl}""".format(app=app, url=self.url, sni=SNI, ca=a["ca"], crt=a["agent_crt"], key=a["agent_key"],
-                sink=a["token"], tpl=tpl)
+{tpl}""".format(app=app, url=self.url, sni=SNI, ca=self.hp(a["ca"]), crt=self.hp(a["agent_crt"]),
+                key=self.hp(a["agent_key"]), sink=self.hp(a["token"]), tpl=tpl)
             if _write_if_changed(a["agent_config"], agent_hcl):
                 changed.add("vault-agent-proxyprod-ca" if app == PROXY_APP else "vault-agent-%s" % app)
             a["whoami"].parent.mkdir(parents=True, exist_ok=True)
@@ -879,9 +896,9 @@ http {{
     listen {ip}:{port} ssl default_server;
     ssl_reject_handshake on;
   }}
-""".format(name=u["name"], user="user root;\n" if os.geteuid() == 0 else "", prefix=prefix,
-           log=self.logfile(u["name"]), access=self.p["logs"] / ("%s.access.log" % u["name"]),
-           ip=LOOPBACK, port=u["ports"][0])
+""".format(name=u["name"], user=self._nginx_user(), prefix=self.hp(prefix),
+           log=self.hp(self.logfile(u["name"])), access=self.hp(self.access_logfile(u["name"])),
+           ip=self.address(u["app"]), port=u["ports"][0])
         if u["app"] == PROXY_APP:
             body = """  server {{
     listen {ip}:{port} ssl;
@@ -889,7 +906,7 @@ http {{
     ssl_certificate     {fullchain};
     ssl_certificate_key {key};
     location / {{
-      proxy_pass https://{ip}:{vport};
+      proxy_pass https://{vip}:{vport};
       proxy_http_version 1.1;
       proxy_set_header Host {sni};
       proxy_ssl_server_name on;
@@ -902,8 +919,9 @@ http {{
     }}
   }}
 }}
-""".format(ip=LOOPBACK, port=u["ports"][0], sni=SNI, fullchain=a["proxy_fullchain"], key=a["proxy_key"],
-           vport=self.vault_port, chain=a["current_ca_chain"], acrt=a["agent_crt"], akey=a["agent_key"])
+""".format(ip=self.address(u["app"]), port=u["ports"][0], sni=SNI, fullchain=self.hp(a["proxy_fullchain"]),
+           key=self.hp(a["proxy_key"]), vip=self.address(), vport=self.vault_port,
+           chain=self.hp(a["current_ca_chain"]), acrt=self.hp(a["agent_crt"]), akey=self.hp(a["agent_key"]))
         else:
             body = """  server {{
     listen {ip}:{port} ssl;
@@ -916,8 +934,8 @@ http {{
     }}
   }}
 }}
-""".format(ip=LOOPBACK, port=u["ports"][0], fqdn="%s.%s" % (u["app"], DOMAIN),
-           fullchain=a["frontend_fullchain"], key=a["frontend_key"], app=u["app"], name=u["name"])
+""".format(ip=self.address(u["app"]), port=u["ports"][0], fqdn="%s.%s" % (u["app"], DOMAIN),
+           fullchain=self.hp(a["frontend_fullchain"]), key=self.hp(a["frontend_key"]), app=u["app"], name=u["name"])
         return head + body
 
     # ---- vault API ------------------------------------------------------
@@ -927,7 +945,7 @@ http {{
 
     def api(self, method, path, token=None, body=None, timeout=10.0, ctx=None, port=None):
         return http_json(port or self.vault_port, method, path, ctx or self.admin_context(), token=token,
-                         body=body, timeout=timeout)
+                         body=body, timeout=timeout, host=self.address())
 
     def _api_ok(self, method, path, token, body=None):
         status, data = self.api(method, path, token=token, body=body)
@@ -947,7 +965,7 @@ http {{
 
     def _wait_listening(self, timeout=READY_TIMEOUT):
         deadline = time.monotonic() + timeout
-        while not port_open(self.vault_port):
+        while not port_open(self.vault_port, host=self.address()):
             if time.monotonic() > deadline:
                 raise LabError("vault listener did not open on port %d; see %s"
                                % (self.vault_port, self.logfile("container-vaultprod")))
@@ -1239,8 +1257,8 @@ path "{m}/sign/nginx-{a}" {{ capabilities = ["create", "update"] }}
         }
 
     def admin_env(self):
-        return {"VAULT_ADDR": self.url, "VAULT_CACERT": str(self.p["admin_ca"]),
-                "VAULT_CLIENT_CERT": str(self.p["admin_crt"]), "VAULT_CLIENT_KEY": str(self.p["admin_key"]),
+        return {"VAULT_ADDR": self.url, "VAULT_CACERT": self.hp(self.p["admin_ca"]),
+                "VAULT_CLIENT_CERT": self.hp(self.p["admin_crt"]), "VAULT_CLIENT_KEY": self.hp(self.p["admin_key"]),
                 "VAULT_TLS_SERVER_NAME": SNI}
 
     def write_info(self):
@@ -1251,9 +1269,9 @@ path "{m}/sign/nginx-{a}" {{ capabilities = ["create", "update"] }}
         out = {"dir": str(self.dir), "units": {n: self.unit_status(n) for n in self.unit_names()}}
         root_ca = str(self.p["admin_ca"])
         # listener
-        lst = {"address": "%s:%d" % (LOOPBACK, self.vault_port), "sni": SNI}
+        lst = {"address": "%s:%d" % (self.address(), self.vault_port), "sni": SNI}
         try:
-            der, ver = handshake(self.vault_port, SNI, self.admin_context())
+            der, ver = handshake(self.vault_port, SNI, self.admin_context(), host=self.address())
             lst.update(cert_summary(der), tls_version=ver, ok=True)
         except (OSError, ssl.SSLError) as exc:
             lst.update(ok=False, error=str(exc))
@@ -1286,7 +1304,7 @@ path "{m}/sign/nginx-{a}" {{ capabilities = ["create", "update"] }}
             port = self.frontend_port(app)
             f = {"port": port, "sni": sni}
             try:
-                der, ver = handshake(port, sni, tls_context(root_ca))
+                der, ver = handshake(port, sni, tls_context(root_ca), host=self.address(app))
                 f.update(cert_summary(der), ok=True)
             except (OSError, ssl.SSLError) as exc:
                 f.update(ok=False, error=str(exc))
@@ -1296,9 +1314,10 @@ path "{m}/sign/nginx-{a}" {{ capabilities = ["create", "update"] }}
         px = {"port": self.proxy_port, "sni": SNI}
         try:
             ctx = tls_context(str(self.p["apps"][PROXY_APP]["current_ca_chain"]))
-            der, ver = handshake(self.proxy_port, SNI, ctx)
+            der, ver = handshake(self.proxy_port, SNI, ctx, host=self.address(PROXY_APP))
             px.update(cert_summary(der), handshake_ok=True)
-            status, data = http_json(self.proxy_port, "GET", "/v1/sys/seal-status", ctx, timeout=5)
+            status, data = http_json(self.proxy_port, "GET", "/v1/sys/seal-status", ctx, timeout=5,
+                                     host=self.address(PROXY_APP))
             px["seal_status_http"] = status
             px["sealed"] = (data or {}).get("sealed")
         except (OSError, ssl.SSLError) as exc:
