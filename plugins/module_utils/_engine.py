@@ -35,6 +35,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ipaddress
 import json
 import os
 import time
@@ -47,13 +48,14 @@ from ansible_collections.privsec.vault_rotate.plugins.module_utils._health impor
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._login import cert_login
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._mapping import ensure_mapping
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._material import Material, fields
-from ansible_collections.privsec.vault_rotate.plugins.module_utils._pki import read_issuers, sign_or_issue
+from ansible_collections.privsec.vault_rotate.plugins.module_utils import _timing
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._pki import load_csr, read_issuers, sign_or_issue
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._services import Services
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._timing import Deadline
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._tls import make_context, probe_until
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._vault import VaultClient
 
-HOST_STEPS = ("plan", "apply", "rollback")
+HOST_STEPS = ("plan", "apply", "rollback", "verify")
 ADMIN_STEPS = ("check", "sign", "mappings", "gate", "ready")
 STEPS = HOST_STEPS + ADMIN_STEPS
 
@@ -77,13 +79,18 @@ SLOT_OPTIONS = dict(
     fullchain_path=dict(type="path"),
     chain_path=dict(type="path"),
     common_name=dict(type="str", required=True),
+    # Names the new cert must carry on top of every name of the cert it replaces (a drop-in
+    # replacement), minus drop_names: dropping a name is explicit.
     dns_names=dict(type="list", elements="str", default=[]),
     ip_addresses=dict(type="list", elements="str", default=[]),
+    drop_names=dict(type="list", elements="str", default=[]),
     pki_mount=dict(type="str", required=True),
     pki_role=dict(type="str", required=True),
     ttl=dict(type="str"),
-    key_type=dict(type="str", choices=["ec", "rsa"], default="ec"),
+    # Empty: the type and size of the key installed now (else EC P-256, checked against the role).
+    key_type=dict(type="str", choices=["", "ec", "rsa"], default=""),
     key_size=dict(type="int"),
+    key_source=dict(type="str"),
     owner=dict(type="str"),
     group=dict(type="str"),
     key_mode=dict(type="str", default="0600"),
@@ -129,9 +136,11 @@ GATE_OPTIONS = dict(
     mapping=dict(type="str"),
     expected_policies=dict(type="list", elements="str"),
     policies_match=dict(type="str", choices=["exact", "superset"], default="exact"),
-    # token: the rendered lookup-self (whoami) file, or the agent's token sink
+    # token: the rendered lookup-self (whoami) file, or the agent's token sink; fresh: created
+    # after this step's restart of the unit (off: valid and from the current cert)
     whoami_path=dict(type="path"),
     sink_path=dict(type="path"),
+    fresh=dict(type="bool", default=True),
     # files, probe: which slot's certificate must be there / served
     slot=dict(type="str"),
     min_days_left=dict(type="float", default=0),
@@ -143,6 +152,11 @@ GATE_OPTIONS = dict(
     http_path=dict(type="str"),
     expect_status=dict(type="int"),
     expect_serial=dict(type="str"),
+    # probe: every DNS name (as SNI, hostname verified) and IP address (verified as the address)
+    # the served cert must answer for; all_names: those of the gate's slot
+    names=dict(type="list", elements="str", default=[]),
+    addresses=dict(type="list", elements="str", default=[]),
+    all_names=dict(type="bool", default=False),
     # client_ca: a bundle file that must verify a client certificate (PEM)
     path=dict(type="path"),
     cert_pem=dict(type="str"),
@@ -166,6 +180,8 @@ CONNECTION_OPTIONS = dict(
 
 SIGN_OPTIONS = dict(
     slot=dict(type="str", required=True),
+    key_source=dict(type="str"),
+    old_lifetime_days=dict(type="float"),
     pki_mount=dict(type="str", required=True),
     pki_role=dict(type="str", required=True),
     csr=dict(type="str", required=True),
@@ -248,7 +264,7 @@ def failure_of(error, gate=None, where=None):
 def _material_params(slot, ca_bundle, **extra):
     """cert_material's options for one slot spec."""
     params = dict(
-        step="inspect", cert_path=slot["cert_path"], key_path=slot["key_path"],
+        step="inspect", cert_path=slot.get("cert_path"), key_path=slot["key_path"],
         fullchain_path=slot.get("fullchain_path"), chain_path=slot.get("chain_path"),
         common_name=slot["common_name"], dns_names=slot.get("dns_names") or [],
         ip_addresses=slot.get("ip_addresses") or [], ca_bundle=ca_bundle or None,
@@ -267,18 +283,93 @@ def _cert_fields(info):
     if not info:
         return None
     return dict((k, info.get(k)) for k in ("serial", "not_after", "not_before", "fingerprint_sha256",
-                                           "common_name", "dns_names", "ip_addresses", "days_left")
+                                           "common_name", "dns_names", "ip_addresses", "days_left", "lifetime_days",
+                                           "key_type", "key_size")
                 if k in info)
 
 
+def _norm_name(name):
+    text = str(name).strip().lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text
+
+
+def _is_ip(text):
+    try:
+        ipaddress.ip_address(str(text))
+        return True
+    except ValueError:
+        return False
+
+
+def effective_names(slot, current):
+    """The names the new cert carries: the configured ones, plus every DNS and IP name of the
+    cert it replaces (its CN too), minus ``drop_names``. With what changes, for the plan."""
+    drop = set(_norm_name(n) for n in slot.get("drop_names") or [])
+    want_dns = [str(n) for n in slot.get("dns_names") or []]
+    want_ips = [str(n) for n in slot.get("ip_addresses") or []]
+    have_dns, have_ips = [], []
+    if current:
+        have_dns = list(current.get("dns_names") or [])
+        old_cn = current.get("common_name")
+        if old_cn and old_cn != slot["common_name"] and not _is_ip(old_cn):
+            have_dns.append(old_cn)
+        have_ips = list(current.get("ip_addresses") or [])
+
+    def merged(first, then):
+        out, seen = [], set()
+        for name in list(first) + list(then):
+            key = _norm_name(name)
+            if key not in seen and key not in drop:
+                seen.add(key)
+                out.append(name)
+        return out
+
+    dns, ips = merged(want_dns, have_dns), merged(want_ips, have_ips)
+    have = set(_norm_name(n) for n in have_dns + have_ips)
+    configured = set(_norm_name(n) for n in want_dns + want_ips)
+    carried = set(_norm_name(n) for n in dns + ips) - configured - {_norm_name(slot["common_name"])}
+    return {"dns_names": dns, "ip_addresses": ips, "kept": sorted(carried & have),
+            "added": sorted(configured - have), "dropped": sorted(have & drop)}
+
+
+def effective_key(slot, current, key_file=None):
+    """(type, size, source) of the new key: the slot's setting, else the key installed now
+    (its cert's public key, else the key file), else EC P-256 (checked against the PKI role)."""
+    if slot.get("key_type"):
+        return slot["key_type"], slot.get("key_size"), slot.get("key_source") or "setting"
+    found = ((current or {}).get("key_type"), (current or {}).get("key_size"))
+    if not found[0] and key_file is not None:
+        found = _x509.key_description(key_file)[:2]
+    if found[0] in ("ec", "rsa"):
+        return found[0], found[1], "installed"
+    if found[0]:
+        raise RotateError("bad_input", "the key of %s is %s, which this collection cannot generate" % (
+            slot.get("label") or slot["name"], found[0]), hint="set the slot's key_type (ec or rsa) explicitly")
+    return "ec", 256, "default"
+
+
 def plan_slot(slot, ca_bundle, prepare, check_mode):
-    """Inspect one slot; with ``prepare`` stage a key and make the CSR when it is due."""
-    material = Material(_material_params(slot, ca_bundle, step="prepare" if prepare else "inspect"),
-                        check_mode=check_mode)
+    """Inspect one slot; with ``prepare`` stage a key and make the CSR when it is due.
+
+    The new cert is a drop-in replacement: its names and its key's type and size follow what
+    is installed (effective_names, effective_key) unless the slot says otherwise."""
+    reader = Material(_material_params(slot, ca_bundle), check_mode=True)
+    _cert, info, _problem = reader.read_cert()
+    key_now, _key_problem = reader.read_key(slot["key_path"])
+    names = effective_names(slot, info)
+    key_type, key_size, key_source = effective_key(slot, info, key_now)
+    params = _material_params(slot, ca_bundle, step="prepare" if prepare else "inspect",
+                              dns_names=names["dns_names"], ip_addresses=names["ip_addresses"],
+                              key_type=key_type, key_size=key_size)
+    material = Material(params, check_mode=check_mode)
     found = material.prepare() if prepare else material.inspect()
     record = {
-        "changed": bool(found.get("changed")),
-        "slot": slot["name"], "phase": slot["phase"], "cert_path": slot["cert_path"],
+        "changed": bool(found.get("changed")), "names": names, "layout": found.get("layout"),
+        "key": {"type": key_type, "size": key_size or (2048 if key_type == "rsa" else 256), "source": key_source},
+        "slot": slot["name"], "phase": slot["phase"], "cert_path": slot.get("cert_path") or slot.get("fullchain_path"),
         "decision": "rotate" if found["rotate"] else "keep", "reasons": found["reasons"],
         "reason_text": "; ".join(found["reason_text"]), "due_at": found.get("due_at"),
         "old": _cert_fields(found.get("current")), "chain_verified": found.get("chain_verified"),
@@ -400,42 +491,65 @@ def _gate_admin_login(gate, ctx):
     return {"policies": result.get("token_policies"), "display_name": result.get("display_name")}
 
 
+def _token_data(gate, unit):
+    """(creation_time, policies, meta) of the token the agent holds: lookup-self of the token in
+    its sink (over the listener with the agent's own client cert), or its rendered whoami file."""
+    if gate.get("sink_path"):
+        token = (_read_text(gate["sink_path"]) or "").strip()
+        if not token:
+            raise RotateError("missing_file", "the token sink %s is empty" % gate["sink_path"],
+                              hint="the agent has not logged in: read the log of %s" % unit)
+        client = _client(_gate_connection(gate), token=token)
+        try:
+            data = client.lookup_self()
+        except RotateError as err:
+            if err.failure_class == "permission_denied":
+                raise RotateError("stale_token", "%s holds a token Vault does not accept (expired or revoked)" % unit,
+                                  hint="the log of %s: it could not log in again" % unit)
+            raise
+        finally:
+            client.close()
+        return data.get("creation_time"), data.get("policies"), data.get("meta") or {}
+    text = _read_text(gate["whoami_path"])
+    if text is None:
+        raise RotateError("missing_file", "%s does not exist" % gate["whoami_path"],
+                          hint="the agent renders it after its login: read the log of %s" % unit)
+    try:
+        who = json.loads(text)
+    except ValueError:
+        raise RotateError("bad_input", "%s is not JSON (yet)" % gate["whoami_path"])
+    return who.get("creation_time"), who.get("policies"), who.get("meta") or {}
+
+
 def _gate_token(gate, ctx):
-    """The agent logged in again after its restart: its token was created after it."""
+    """The agent holds a token from its CURRENT cert: cert auth records the serial it logged in
+    with. With ``fresh`` (after a restart by this step) the token must also be younger than it."""
     unit = gate.get("unit")
-    restarted = (ctx["units"].get(unit) or {}).get("at") if unit else None
-    if not restarted:
-        return {"checked": False, "why": "not restarted by this step"}
-    since = int(restarted)
+    since = None
+    if gate.get("fresh", True):
+        restarted = (ctx["units"].get(unit) or {}).get("at") if unit else None
+        if not restarted:
+            return {"checked": False, "why": "not restarted by this step"}
+        since = int(restarted)
+    current = None
+    if gate.get("client_cert"):
+        cert = _read_bytes(gate["client_cert"])
+        current = _x509.load_pem_bundle(cert, what=gate["client_cert"])[0].serial_number if cert else None
 
     def attempt():
-        created, policies = None, None
-        if gate.get("sink_path"):
-            token = (_read_text(gate["sink_path"]) or "").strip()
-            if not token:
-                raise RotateError("missing_file", "the token sink %s is empty" % gate["sink_path"],
-                                  hint="the agent has not logged in: read the log of %s" % unit)
-            client = _client(_gate_connection(gate), token=token)
-            try:
-                data = client.lookup_self()
-            finally:
-                client.close()
-            created, policies = data.get("creation_time"), data.get("policies")
-        else:
-            text = _read_text(gate["whoami_path"])
-            if text is None:
-                raise RotateError("missing_file", "%s does not exist" % gate["whoami_path"],
-                                  hint="the agent renders it after its login: read the log of %s" % unit)
-            try:
-                who = json.loads(text)
-            except ValueError:
-                raise RotateError("bad_input", "%s is not JSON (yet)" % gate["whoami_path"])
-            created, policies = who.get("creation_time"), who.get("policies")
-        if int(created or 0) < since:
+        created, policies, meta = _token_data(gate, unit)
+        if since is not None and int(created or 0) < since:
             raise RotateError("stale_token", "%s holds a token created at %s, before its restart at %s: it did not "
                               "log in again with the new cert" % (unit, created, since),
                               hint="the log of %s (a login refused with the new cert?)" % unit)
-        return {"creation_time": created, "policies": sorted(policies or [])}
+        serial = meta.get("serial_number")
+        if current is not None and serial and str(serial) != str(current):
+            raise RotateError("stale_token", "%s holds a token from the cert with serial %s, not from its current "
+                              "cert %s" % (unit, _x509.format_serial(int(serial)), _x509.format_serial(current)),
+                              hint="restart %s: an agent logs in again with a rotated cert only at its next login "
+                                   "(a SIGHUP keeps the old token)" % unit)
+        return {"creation_time": created, "policies": sorted(policies or []),
+                "cert_serial": _x509.format_serial(int(serial)) if serial else None}
     return _until(gate, attempt)
 
 
@@ -447,26 +561,51 @@ def _gate_files(gate, ctx):
     bad = [r for r in found["reasons"] if r not in ("valid", "due", "forced")]
     if expect and current.get("serial") != expect:
         raise RotateError("serial_mismatch", "%s holds serial %s, expected %s" % (
-            slot["cert_path"], current.get("serial") or "none", expect))
+            slot.get("cert_path") or slot.get("fullchain_path"), current.get("serial") or "none", expect))
     if bad:
         raise RotateError(_REASON_CLASS.get(bad[0], "bad_input"), "the files of %s are not usable: %s" % (
             slot.get("label") or slot["name"], "; ".join(found["reason_text"])))
     if found.get("chain_verified") is False:
         raise RotateError("untrusted_server_cert", "%s does not chain to the PKI issuers: %s" % (
-            slot["cert_path"], found.get("chain_problem") or "not verified"))
+            slot.get("cert_path") or slot.get("fullchain_path"), found.get("chain_problem") or "not verified"))
     days = float(current.get("days_left") or 0)
     if days < float(gate.get("min_days_left") or 0):
         raise RotateError("expired", "%s is valid %.2f more days, less than the minimum (%s)" % (
-            slot["cert_path"], days, gate["min_days_left"]))
+            slot.get("cert_path") or slot.get("fullchain_path"), days, gate["min_days_left"]))
     return {"serial": current.get("serial"), "days_left": round(days, 2)}
 
 
+def _probe_names(gate, ctx):
+    """The names (SNI) and addresses a probe gate checks: its server_name first, then every
+    name and address it lists (or its slot's, with all_names), each once."""
+    names, addresses = list(gate.get("names") or []), list(gate.get("addresses") or [])
+    if gate.get("all_names") and gate.get("slot") in ctx["slots"]:
+        slot = ctx["slots"][gate["slot"]]
+        names += slot.get("dns_names") or []
+        addresses += slot.get("ip_addresses") or []
+    out = []
+    for name in [gate.get("server_name")] + names + addresses:
+        if name and _norm_name(name) not in [_norm_name(n) for n in out]:
+            out.append(name)
+    return out or [None]
+
+
 def _gate_probe(gate, ctx):
+    """A verified handshake with the expected serial, for every name and address the cert answers for."""
     expect = gate.get("expect_serial") or (ctx["serials"].get(gate["slot"]) if gate.get("slot") else None)
     context = make_context(ca_cert=gate.get("ca_cert"), ca_pem=gate.get("ca_pem"),
                            client_cert=gate.get("client_cert"), client_key=gate.get("client_key"))
     unverified = make_context(client_cert=gate.get("client_cert"), client_key=gate.get("client_key"), verify=False)
-    result = probe_until(gate["host"], gate["port"], server_name=gate.get("server_name"), context=context,
+    checked = []
+    for name in _probe_names(gate, ctx):
+        result = _probe_one(gate, name, context, unverified, expect)
+        checked.append(name)
+    result["names_verified"] = checked
+    return result
+
+
+def _probe_one(gate, name, context, unverified, expect):
+    result = probe_until(gate["host"], gate["port"], server_name=name, context=context,
                          unverified_context=unverified, http_path=gate.get("http_path"), expect_serial=expect,
                          wait_timeout=gate.get("wait_timeout") or 0, interval=gate.get("interval") or 0.5)
     if result["ok"] and gate.get("expect_status") and result.get("http_status") != gate["expect_status"]:
@@ -528,7 +667,7 @@ def run_gates(gates, ctx, stop_on_failure=True):
             if gate.get("next"):
                 error.hint = "%s; %s" % (error.hint, gate["next"]) if error.hint else gate["next"]
             out.append({"name": gate["name"], "kind": gate["kind"], "ok": False,
-                        "failure_class": error.failure_class, "msg": error.message})
+                        "failure_class": error.failure_class, "msg": error.message, "hint": error.hint})
             if stop_on_failure:
                 raise GateFailed(gate["name"], error)
             continue
@@ -596,8 +735,7 @@ def host_apply(params, check_mode=False):
                     out["changed"] = True
                     notify.extend((n["unit"], n["action"]) for n in slot["notify"])
             else:
-                current = Material(_material_params(slot, None), check_mode=True).read_cert()[1]
-                serials[slot["name"]] = (current or {}).get("serial")
+                serials.update(current_serials([slot]))
         for bundle in params["bundles"]:
             done = ensure_bundle(bundle["path"], params["ca_bundle"], owner=bundle.get("owner"),
                                  group=bundle.get("group"), mode=bundle.get("mode"), check_mode=check_mode)
@@ -621,6 +759,34 @@ def host_apply(params, check_mode=False):
         out["failure"] = failure_of(err, gate=where, where=where)
     out["serials"] = serials
     out["service_calls"] = services.log
+    return out
+
+
+def current_serials(slots):
+    """{slot: serial of the cert installed now} (None when there is none)."""
+    out = {}
+    for slot in slots:
+        current = Material(_material_params(slot, None), check_mode=True).read_cert()[1]
+        out[slot["name"]] = (current or {}).get("serial")
+    return out
+
+
+def host_verify(params, check_mode=False):
+    """Every gate of this host against what is installed and running now (the healthcheck):
+    every gate runs; the first that fails is the result's failure, all of them are listed."""
+    services = _services(params)
+    out = {"changed": False, "gates": [], "failure": None}
+    ctx = {"services": services, "units": {}, "slots": dict((s["name"], s) for s in params["slots"]),
+           "serials": current_serials(params["slots"]), "ca_bundle": params.get("ca_bundle"),
+           "connection": params.get("connection")}
+    out["gates"] = run_gates(params["gates"], ctx, stop_on_failure=False)
+    out["serials"] = ctx["serials"]
+    failed = [g for g in out["gates"] if not g["ok"]]
+    if failed:
+        first = failed[0]
+        out["failure"] = {"gate": first["name"], "failure_class": first["failure_class"],
+                          "msg": "; ".join("%s: %s" % (g["name"], g["msg"]) for g in failed),
+                          "hint": first.get("hint")}
     return out
 
 
@@ -665,10 +831,7 @@ def host_rollback(params, check_mode=False):
         except RotateError as err:
             out["problems"].append(failure_of(err, gate="%s %s" % (action, unit)))
     if not check_mode and params["proofs"]:
-        for slot in params["slots"]:
-            if slot["name"] not in serials:
-                current = Material(_material_params(slot, None), check_mode=True).read_cert()[1]
-                serials[slot["name"]] = (current or {}).get("serial")
+        serials.update(current_serials([s for s in params["slots"] if s["name"] not in serials]))
         ctx = {"services": services, "units": out["units"], "slots": dict((s["name"], s) for s in params["slots"]),
                "serials": serials, "ca_bundle": params.get("ca_bundle"), "connection": params.get("connection")}
         out["proofs"] = run_gates(params["proofs"], ctx, stop_on_failure=False)
@@ -753,10 +916,16 @@ def admin_sign(params, check_mode=False):
                     {"name": mapping["name"], "changed": bool(fields_), "changed_fields": fields_})
                 if key == "mappings" and fields_:
                     out["changed"] = True
-        if check_mode:
-            return out
+        out["rekey"], out["warnings"] = {}, []
+        roles = {}
         for request in params["requests"]:
             try:
+                rekey = key_for_role(client, roles, request)
+                if rekey is not None:
+                    out["rekey"][request["slot"]] = rekey
+                    continue
+                if check_mode:
+                    continue
                 issued = sign_or_issue(client, request["pki_mount"], request["pki_role"], csr=request["csr"],
                                        common_name=request["common_name"], alt_names=request.get("dns_names"),
                                        ip_sans=request.get("ip_addresses"), ttl=request.get("ttl") or None)
@@ -768,11 +937,62 @@ def admin_sign(params, check_mode=False):
                 (k, issued.get(k)) for k in ("certificate", "issuing_ca", "ca_chain", "serial", "not_after",
                                              "not_before", "fingerprint_sha256", "dns_names", "ip_addresses"))
             out["changed"] = True
+            shorter = _shorter_life(request, issued)
+            if shorter:
+                out["warnings"].append(shorter)
     finally:
         _revoke(client)
         out["vault_requests"] = client.requests_made
         client.close()
     return out
+
+
+def _role_key(client, roles, mount, role):
+    """(key_type, key_bits) a PKI role demands; key_type 'any' demands nothing. Read once per role."""
+    if (mount, role) not in roles:
+        data = (client.read("%s/roles/%s" % (mount.strip("/"), role.strip("/"))) or {}).get("data") or {}
+        roles[(mount, role)] = (data.get("key_type") or "any", int(data.get("key_bits") or 0))
+    return roles[(mount, role)]
+
+
+def key_for_role(client, roles, request):
+    """None when the CSR's key suits the PKI role; else {key_type, key_size} of a key that does
+    (the key is then made again on its host). A key type the operator set that the role refuses
+    is an error before anything is signed."""
+    role_type, role_bits = _role_key(client, roles, request["pki_mount"], request["pki_role"])
+    if role_type == "any":
+        return None
+    key_type, key_bits, _curve = _x509.key_description(load_csr(request["csr"]).public_key())
+    if key_type == role_type and (not role_bits or (key_bits >= role_bits if key_type == "rsa"
+                                                    else key_bits == role_bits)):
+        return None
+    if role_type not in ("ec", "rsa"):
+        raise RotateError("bad_input", "PKI role %s/roles/%s requires %s keys, which this collection cannot "
+                          "generate" % (request["pki_mount"], request["pki_role"], role_type),
+                          hint="let the role accept ec or rsa keys (key_type), or rotate this certificate by hand")
+    size = max(role_bits, 2048) if role_type == "rsa" else (role_bits or 256)
+    if request.get("key_source") == "setting":
+        raise RotateError(
+            "bad_input", "slot %s: its key_type is set to %s-%s, but PKI role %s/roles/%s requires %s-%s keys" % (
+                request["slot"], key_type, key_bits, request["pki_mount"], request["pki_role"], role_type, size),
+            hint="set the slot's key_type/key_size to what the role requires, or leave them empty "
+                 "(the key installed now, else what the role requires)")
+    return {"key_type": role_type, "key_size": size, "was": "%s-%s" % (key_type, key_bits)}
+
+
+def _shorter_life(request, issued):
+    """A warning when the new certificate lives shorter than the one it replaces."""
+    old = request.get("old_lifetime_days")
+    try:
+        new = (_timing.parse_time(issued["not_after"]) - _timing.parse_time(issued["not_before"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
+    new_days = new / 86400.0
+    if old and new_days < float(old) * 0.9:
+        return ("%s: the new certificate lives %.1f days, the one it replaces lived %.1f days (a lower max_ttl of "
+                "PKI role %s/roles/%s, or a shorter ttl asked for?)" % (
+                    request["slot"], new_days, float(old), request["pki_mount"], request["pki_role"]))
+    return None
 
 
 def admin_mappings(params, check_mode=False):
@@ -879,7 +1099,8 @@ def _host_port(url):
     return parts.hostname, parts.port or 443
 
 
-STEP_FUNCTIONS = {"plan": host_plan, "apply": host_apply, "rollback": host_rollback, "check": admin_check,
+STEP_FUNCTIONS = {"plan": host_plan, "apply": host_apply, "rollback": host_rollback, "verify": host_verify,
+                  "check": admin_check,
                   "sign": admin_sign, "mappings": admin_mappings, "gate": admin_gate, "ready": admin_ready}
 
 

@@ -68,8 +68,25 @@ _RENEW = S("renew_fraction", "float", 0.6667, glob="vault_rotate_renew_fraction"
 _MOUNT = S("pki_mount", glob="vault_rotate_pki_mount", doc="PKI mount that signs.")
 _TTL = S("ttl", default="", doc="TTL asked of the PKI role (empty: the role's default).")
 _KEY_TYPE = S("key_type", default="", choices=["", "ec", "rsa"],
-              doc="Type of the new key (empty: EC P-256).")
-_KEY_SIZE = S("key_size", "int", doc="Size of the new key (RSA 2048/3072/4096, EC 256/384; empty: the type's default).")
+              doc="Type of the new key. Empty (the default): the type and size of the key installed now; with none "
+                  "installed, what the PKI role requires (EC P-256 when it takes any).")
+_KEY_SIZE = S("key_size", "int", doc="Size of the new key (RSA 2048/3072/4096, EC 256/384); with key_type set, empty "
+                                     "means the type's default.")
+_DROP = S("drop_names", "list", [], elements="str",
+          doc="DNS names and IP addresses of the cert installed now that the new one must NOT carry. By default a "
+              "new cert carries every name and address of the one it replaces, plus the configured ones.")
+
+
+def _names(prefix=""):
+    """The name settings of a slot: <prefix>dns_names, <prefix>ip_addresses, <prefix>drop_names."""
+    return [S(prefix + "ip_addresses", "list", [], elements="str",
+              doc="IP SANs the new cert carries (on top of those of the cert it replaces)."),
+            S(prefix + "drop_names", "list", [], elements="str", doc=_DROP.doc)]
+
+
+def _keys(prefix=""):
+    return [S(prefix + "key_type", default="", choices=["", "ec", "rsa"], doc=_KEY_TYPE.doc),
+            S(prefix + "key_size", "int", doc=_KEY_SIZE.doc)]
 
 
 def _app(v):
@@ -142,6 +159,8 @@ ROLES = {
         S("common_name", glob="vault_rotate_admin_common_name", doc="CN of the admin cert."),
         S("ttl", default="720h", doc="TTL of the new admin cert."),
         _KEY_TYPE, _KEY_SIZE,
+        S("dns_names", "list", [], elements="str", doc="DNS SANs of the admin cert (besides those it has now)."),
+        ] + _names() + [
         S("cert_path", "path", glob="vault_rotate_admin_cert", doc="Admin certificate file."),
         S("key_path", "path", glob="vault_rotate_admin_key", doc="Admin private key file."),
         S("chain_path", "path", glob="vault_rotate_admin_issuing_ca", doc="Issuing CA file next to the admin cert."),
@@ -165,8 +184,8 @@ ROLES = {
         S("dns_names", "list", lambda v: [v["common_name"]], elements="str", shown="[server_tls_common_name]",
           doc="DNS SANs of the listener cert."),
         S("ip_addresses", "list", glob="vault_rotate_server_ip_addresses", elements="str",
-          doc="IP SANs of the listener cert (clients that connect by address)."),
-        _TTL, _KEY_TYPE, _KEY_SIZE,
+          doc="IP SANs of the listener cert (clients that connect by address), on top of those it has now."),
+        _DROP, _TTL, _KEY_TYPE, _KEY_SIZE,
         S("dir", "path", glob="vault_rotate_server_tls_dir", doc="Folder of the listener's files."),
         S("key_path", "path", lambda v: v["dir"] + "/server.key", shown="<dir>/server.key", doc="Listener key."),
         S("cert_path", "path", lambda v: v["dir"] + "/server.crt", shown="<dir>/server.crt", doc="Listener cert."),
@@ -191,6 +210,9 @@ ROLES = {
           doc="PKI role of the agent login cert."),
         S("common_name", default=lambda v: "agent-%s.%s" % (_app(v), v.glob("domain")),
           shown="agent-<app>.<vault_rotate_domain>", doc="CN of the agent login cert."),
+        S("dns_names", "list", lambda v: [v["common_name"]], elements="str", shown="[agent_login_common_name]",
+          doc="DNS SANs of the agent login cert (besides those it has now)."),
+        ] + _names() + [
         _TTL, _KEY_TYPE, _KEY_SIZE,
         S("home", "path", lambda v: "%s/%s" % (v.glob("home_root"), _app(v)), shown="<vault_rotate_home_root>/<app>",
           doc="Home of the app."),
@@ -200,11 +222,11 @@ ROLES = {
           doc="Agent login cert."),
         S("ca_path", "path", lambda v: v["home"] + "/vault/ca/ca.pem", shown="<home>/vault/ca/ca.pem",
           doc="CA file the agent (and the gate) verify the listener with."),
-        S("whoami_path", "path", lambda v: v["home"] + "/vault/rendered/whoami.json",
-          shown="<home>/vault/rendered/whoami.json",
-          doc="File the agent renders from auth/token/lookup-self; empty: the token sink is read instead."),
         S("sink_path", "path", lambda v: v["home"] + "/vault/token", shown="<home>/vault/token",
-          doc="The agent's token sink (used when whoami_path is empty)."),
+          doc="The agent's token sink: the gates look the token up (lookup-self over the listener with the agent's "
+              "own cert) to prove the agent logged in again with its NEW cert."),
+        S("whoami_path", "path", default="",
+          doc="Instead of the sink: a file the agent renders from auth/token/lookup-self (empty: the sink)."),
         S("owner", glob="vault_rotate_app_owner", doc="Owner of the files (kept when empty)."),
         S("group", glob="vault_rotate_app_group", doc="Group of the files (kept when empty)."),
         S("unit", default=lambda v: "vault-agent-" + _app(v), shown="vault-agent-<app>", doc="Unit of the agent."),
@@ -226,8 +248,9 @@ ROLES = {
           doc="CN of the frontend cert."),
         S("dns_names", "list", lambda v: [v["common_name"]], elements="str", shown="[app_leaf_common_name]",
           doc="DNS SANs of the frontend cert."),
-        S("ip_addresses", "list", [], elements="str", doc="IP SANs of the frontend cert."),
-        _TTL, _KEY_TYPE, _KEY_SIZE,
+        S("ip_addresses", "list", [], elements="str",
+          doc="IP SANs of the frontend cert (clients that connect by address), on top of those it has now."),
+        _DROP, _TTL, _KEY_TYPE, _KEY_SIZE,
         S("home", "path", lambda v: "%s/%s" % (v.glob("home_root"), _app(v)), shown="<vault_rotate_home_root>/<app>",
           doc="Home of the app."),
         S("key_path", "path", lambda v: v["home"] + "/nginx/tls/frontend.key", shown="<home>/nginx/tls/frontend.key",
@@ -266,18 +289,25 @@ ROLES = {
           doc="Proxy agent cert (also the proxy's upstream client cert)."),
         S("agent_ca_path", "path", lambda v: v["home"] + "/vault/ca/ca.pem", shown="<home>/vault/ca/ca.pem",
           doc="CA file of the proxy's agent (the root mirror)."),
-        S("agent_whoami_path", "path", lambda v: v["home"] + "/vault/rendered/whoami.json",
-          shown="<home>/vault/rendered/whoami.json", doc="File the proxy's agent renders from lookup-self."),
         S("agent_sink_path", "path", lambda v: v["home"] + "/vault/token", shown="<home>/vault/token",
-          doc="The proxy agent's token sink (used when agent_whoami_path is empty)."),
+          doc="The proxy agent's token sink (looked up to prove its login with its NEW cert)."),
+        S("agent_whoami_path", "path", default="",
+          doc="Instead of the sink: a file the proxy's agent renders from lookup-self (empty: the sink)."),
         S("agent_mapping", default=lambda v: "agent-" + _app(v), shown="agent-<app>", doc="Mapping of the proxy's agent."),
         S("agent_policies", "list", lambda v: ["marker-cert-auth", "pki-issue-" + _app(v), "pki-ca-read-" + _app(v)],
           elements="str", shown="[marker-cert-auth, pki-issue-<app>, pki-ca-read-<app>]",
           doc="Policies of the proxy agent's mapping."),
         S("agent_ttl", default="", doc="TTL of the proxy agent cert."),
+        S("agent_dns_names", "list", lambda v: [v["agent_common_name"]], elements="str",
+          shown="[proxy_trust_agent_common_name]", doc="DNS SANs of the proxy agent cert (besides those it has now)."),
+        ] + _names("agent_") + _keys("agent_") + [
         S("frontend_pki_role", default=lambda v: "nginx-" + _app(v), shown="nginx-<app>",
           doc="PKI role of the proxy's frontend cert."),
         S("frontend_common_name", glob="vault_rotate_tls_server_name", doc="CN of the proxy's frontend cert."),
+        S("frontend_dns_names", "list", lambda v: [v["frontend_common_name"]], elements="str",
+          shown="[proxy_trust_frontend_common_name]", doc="DNS SANs of the proxy's frontend cert (besides those it "
+                                                          "has now)."),
+        ] + _names("frontend_") + _keys("frontend_") + [
         S("frontend_key_path", "path", lambda v: v["home"] + "/nginx/tls/proxy.key", shown="<home>/nginx/tls/proxy.key",
           doc="Proxy frontend key."),
         S("frontend_cert_path", "path", lambda v: v["home"] + "/nginx/tls/proxy.crt", shown="<home>/nginx/tls/proxy.crt",
@@ -447,16 +477,18 @@ def _notify(unit, action):
     return {"unit": unit, "action": action}
 
 
-def _slot(name, phase, label, v, prefix="", common_name=None, dns_names=None, ip_addresses=None, pki_role=None,
-          ttl=None, cert_path=None, key_path=None, fullchain_path=None, chain_path=None, notify=()):
-    """A slot spec (plugins/module_utils/_engine.py SLOT_OPTIONS) from resolved settings."""
-    key_type = v.get("key_type") or "ec"
+def _slot(name, phase, label, v, prefix="", common_name=None, pki_role=None, ttl=None, cert_path=None,
+          key_path=None, fullchain_path=None, chain_path=None, notify=()):
+    """A slot spec (plugins/module_utils/_engine.py SLOT_OPTIONS) from resolved settings; the names
+    and the key come from the role's <prefix>dns_names, ip_addresses, drop_names, key_type, key_size."""
     return {
         "name": name, "phase": phase, "label": label,
-        "cert_path": cert_path, "key_path": key_path, "fullchain_path": fullchain_path, "chain_path": chain_path,
-        "common_name": common_name, "dns_names": list(dns_names or []), "ip_addresses": list(ip_addresses or []),
+        "cert_path": cert_path or None, "key_path": key_path, "fullchain_path": fullchain_path or None,
+        "chain_path": chain_path or None, "common_name": common_name,
+        "dns_names": list(v.get(prefix + "dns_names") or []), "ip_addresses": list(v.get(prefix + "ip_addresses") or []),
+        "drop_names": list(v.get(prefix + "drop_names") or []),
         "pki_mount": v["pki_mount"], "pki_role": pki_role, "ttl": ttl or None,
-        "key_type": key_type, "key_size": v.get("key_size"),
+        "key_type": v.get(prefix + "key_type") or "", "key_size": v.get(prefix + "key_size"),
         "owner": v.get("owner") or None, "group": v.get("group") or None,
         "renew_fraction": v["renew_fraction"], "force": bool(v["force"]),
         "notify": [_notify(u, a) for u, a in notify],
@@ -511,7 +543,7 @@ def host_work(phase, get):
     elif phase == "server_tls":
         work["slots"].append(_slot(
             "server_tls", phase, "Vault listener cert %s" % v["common_name"], v, common_name=v["common_name"],
-            dns_names=v["dns_names"], ip_addresses=v["ip_addresses"], pki_role=v["pki_role"], ttl=v["ttl"],
+            pki_role=v["pki_role"], ttl=v["ttl"],
             cert_path=v["cert_path"], key_path=v["key_path"], fullchain_path=v["fullchain_path"],
             notify=[(v["unit"], "reload")]))
         work["bundles"].append(_bundle(
@@ -526,7 +558,7 @@ def host_work(phase, get):
         unit = v["unit"]
         work["slots"].append(_slot(
             "agent_login/%s" % app, phase, "agent login cert for %s" % app, v, common_name=v["common_name"],
-            dns_names=[v["common_name"]], pki_role=v["pki_role"], ttl=v["ttl"], cert_path=v["cert_path"],
+            pki_role=v["pki_role"], ttl=v["ttl"], cert_path=v["cert_path"],
             key_path=v["key_path"], notify=[(unit, "restart")]))
         work["bundles"].append(_bundle("agent_login/%s/ca" % app, phase, v["ca_path"], v, notify=[(unit, "restart")]))
         work["mappings"].append(_mapping(v["mapping"], v["common_name"], v["mapping_policies"],
@@ -538,8 +570,8 @@ def host_work(phase, get):
     elif phase == "app_leaf":
         app = v["app"]
         slot = _slot("app_leaf/%s" % app, phase, "frontend cert of %s (%s)" % (app, v["common_name"]), v,
-                     common_name=v["common_name"], dns_names=v["dns_names"], ip_addresses=v["ip_addresses"],
-                     pki_role=v["pki_role"], ttl=v["ttl"], cert_path=v["cert_path"], key_path=v["key_path"],
+                     common_name=v["common_name"], pki_role=v["pki_role"], ttl=v["ttl"], cert_path=v["cert_path"],
+                     key_path=v["key_path"],
                      fullchain_path=v["fullchain_path"], notify=[(v["unit"], "reload")])
         work["slots"].append(slot)
         work["units"] = [v["unit"]]
@@ -550,17 +582,17 @@ def host_work(phase, get):
             work["gates"].append({"kind": "probe", "name": "frontend of %s serves its cert" % app,
                                   "host": endpoint.get("host") or "127.0.0.1", "port": int(endpoint["port"]),
                                   "server_name": v["common_name"], "slot": slot["name"], "ca_pem": "@issuers",
-                                  "wait_timeout": v["wait_timeout"]})
+                                  "all_names": True, "wait_timeout": v["wait_timeout"]})
     elif phase == "proxy_trust":
         app = v["app"]
         unit, agent_unit = v["unit"], v["agent_unit"]
-        agent = _slot("proxy_trust/agent-%s" % app, phase, "agent login cert for %s" % app, v,
-                      common_name=v["agent_common_name"], dns_names=[v["agent_common_name"]],
+        agent = _slot("proxy_trust/agent-%s" % app, phase, "agent login cert for %s" % app, v, prefix="agent_",
+                      common_name=v["agent_common_name"],
                       pki_role=v["agent_pki_role"], ttl=v["agent_ttl"], cert_path=v["agent_cert_path"],
                       key_path=v["agent_key_path"], notify=[(agent_unit, "restart"), (unit, "reload")])
         front = _slot("proxy_trust/frontend-%s" % app, phase, "frontend cert of %s (%s)" % (
-            app, v["frontend_common_name"]), v, common_name=v["frontend_common_name"],
-            dns_names=[v["frontend_common_name"]], pki_role=v["frontend_pki_role"], ttl=v["frontend_ttl"],
+            app, v["frontend_common_name"]), v, prefix="frontend_", common_name=v["frontend_common_name"],
+            pki_role=v["frontend_pki_role"], ttl=v["frontend_ttl"],
             cert_path=v["frontend_cert_path"], key_path=v["frontend_key_path"],
             fullchain_path=v["frontend_fullchain_path"], notify=[(unit, "reload")])
         work["slots"] += [agent, front]
@@ -580,7 +612,7 @@ def host_work(phase, get):
             work["gates"].append({"kind": "probe", "name": "proxy serves its frontend cert",
                                   "host": endpoint.get("host") or "127.0.0.1", "port": int(endpoint["port"]),
                                   "server_name": v["frontend_common_name"], "slot": front["name"], "ca_pem": "@issuers",
-                                  "wait_timeout": v["wait_timeout"]})
+                                  "all_names": True, "wait_timeout": v["wait_timeout"]})
         work["gates"].append({"kind": "probe", "name": "upstream chain + client cert of the proxy verify the listener",
                               "host": v["upstream_host"], "port": v["upstream_port"],
                               "server_name": g("tls_server_name"), "ca_cert": v["ca_chain_path"],

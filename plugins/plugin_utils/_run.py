@@ -266,9 +266,11 @@ class Run(object):
                 "unreachable": self.all("phase", phase, "unreachable")}
 
     def results(self):
-        """The concluded phases, in the order they ended."""
+        """The concluded phases, in the order of the run."""
         found = [read_json(p) for p in glob.glob(os.path.join(self.dir, "phase", "*", "result.json"))]
-        return sorted([r for r in found if r], key=lambda r: r.get("ended_epoch") or 0)
+        order = dict((phase, i) for i, phase in enumerate(PHASE_ORDER))
+        return sorted([r for r in found if r], key=lambda r: (order.get(r.get("phase"), len(order)),
+                                                             r.get("ended_epoch") or 0))
 
 
 def new_run_id(awx_job_id=None):
@@ -306,6 +308,12 @@ def slot_records(run):
             for done in undone.get("slots") or []:
                 if done.get("changed") and done["slot"] in slots:
                     slots[done["slot"]]["action"] = "restored"
+    # A phase that passed without installing (nothing due, its gates checked in place or by
+    # the healthcheck's batched verification) kept its slots.
+    passed = set(r["phase"] for r in run.results() if r.get("gate") == "passed")
+    for entry in slots.values():
+        if entry["action"] == "planned" and entry["decision"] == "keep" and entry["phase"] in passed:
+            entry["action"] = "kept"
     return list(slots.values())
 
 
