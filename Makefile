@@ -10,6 +10,8 @@ SHELL := /bin/bash
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LABCTL := $(PY) tests/lab/labctl.py
+# The fleet lab (tests/fleet): real hosts over SSH, root only. FLEET_DIR, FLEET_APPS, FLEET_NET.
+FLEETCTL := $(PY) tests/fleet/fleetctl.py
 # Tools that shell out to ansible-* expect them on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
@@ -24,6 +26,7 @@ endef
 
 .PHONY: bench
 .PHONY: help bootstrap demo test test-faults lint ruff ansible-lint sanity unit integration lab-up lab-down lab-status clean distclean
+.PHONY: fleet-up fleet-down fleet-status fleet-demo test-fleet
 
 help:
 	@echo "make demo         bootstrap, lab up + state, rotate everything on it (rotate_all -l lab), state again"
@@ -35,6 +38,9 @@ help:
 	@echo "make integration  pytest everything but tests/unit (needs/starts the lab)"
 	@echo "make bench        rotate_all timings, current tree beside a baseline worktree, N = 2 8 32 apps (docs/performance.md)"
 	@echo "make lab-up | lab-down | lab-status"
+	@echo "make fleet-demo   bootstrap, fleet up + state, rotate_all -l fleet over SSH (systemd user units), state again"
+	@echo "make fleet-up | fleet-down | fleet-status   the fleet lab alone (hosts of their own; root)"
+	@echo "make test-fleet   the fleet suite alone (marker fleet; also part of make test)"
 	@echo "make clean        stop the lab, remove .lab/ .cache/ and test caches (keeps .venv)"
 	@echo "make distclean    clean + remove .venv"
 
@@ -68,6 +74,23 @@ lab-down:
 lab-status: bootstrap
 	$(LABCTL) status
 
+# The fleet lab: a host per Vault, app, proxy and admin (network namespace,
+# sshd, users, systemd with a user manager per service user), driven over SSH.
+fleet-up: bootstrap
+	$(FLEETCTL) up
+
+fleet-down:
+	@if [ -x $(PY) ]; then $(FLEETCTL) down; else echo "no $(VENV): nothing to stop"; fi
+
+fleet-status: bootstrap
+	$(FLEETCTL) status
+
+fleet-demo: bootstrap
+	$(FLEETCTL) up
+	$(FLEETCTL) status
+	$(VENV)/bin/ansible-playbook -i inventories/fleet playbooks/rotate_all.yml -l fleet
+	$(FLEETCTL) status
+
 lint: bootstrap
 	@# -k: run all three linters and report every failure, not just the first
 	$(MAKE) -k --no-print-directory ruff ansible-lint sanity
@@ -97,8 +120,11 @@ test: bootstrap
 test-faults: bootstrap
 	@$(call run_pytest,tests -m faults)
 
-clean: lab-down
-	rm -rf .lab .cache tests/output .pytest_cache .ruff_cache
+test-fleet: bootstrap
+	@$(call run_pytest,tests/fleet -m fleet)
+
+clean: lab-down fleet-down
+	rm -rf .lab .fleet .cache tests/output .pytest_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

@@ -2,7 +2,10 @@
 # Set up everything `make demo` / `make test` need, from nothing, idempotently.
 #
 #   1. nginx (apt-get when missing and we are root, else a clear message),
-#      and shellcheck (optional, for ansible-test sanity)
+#      the optional shellcheck (for ansible-test sanity), and what the fleet
+#      lab (tests/fleet) needs for its hosts: openssh-server (sshd), sudo and
+#      the system Python's cryptography (the managed hosts' Python); none of
+#      their services is started on the machine
 #   2. the newest Python >= 3.12 found (PATH python3.X and pyenv versions by
 #      full path: pyenv shims may be broken), else 3.11
 #   3. .venv/ with that Python, pinned packages from requirements-dev.txt
@@ -26,22 +29,34 @@ die() { printf 'bootstrap: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- system packages ---------------------------------------------------------
 # nginx is required (the lab's frontends and proxy); shellcheck is optional (it
-# lets `ansible-test sanity` check the shell scripts instead of skipping them).
+# lets `ansible-test sanity` check the shell scripts instead of skipping them);
+# sshd, sudo and python3-cryptography are what the fleet lab's hosts run (each
+# host starts its own sshd inside its namespaces; the machine's own sshd is
+# never started). Each entry: program or Python import to look for, package.
 have_prog() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+have_pymod() { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c "import $1" >/dev/null 2>&1; }
+SYSTEM_PACKAGES=(prog:nginx:nginx prog:shellcheck:shellcheck prog:sshd:openssh-server prog:sudo:sudo
+                 py:cryptography:python3-cryptography)
+
+have_it() {
+    local kind="${1%%:*}" rest="${1#*:}"
+    if [ "$kind" = py ]; then have_pymod "${rest%%:*}"; else have_prog "${rest%%:*}"; fi
+}
 
 ensure_system_packages() {
-    local missing=() p
-    for p in nginx shellcheck; do have_prog "$p" || missing+=("$p"); done
+    local missing=() e
+    for e in "${SYSTEM_PACKAGES[@]}"; do have_it "$e" || missing+=("${e##*:}"); done
     [ "${#missing[@]}" = 0 ] && return 0
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         have_prog nginx || die "nginx is missing and cannot be installed here (need root and apt-get): install nginx and rerun"
-        say "note: shellcheck missing (optional): ansible-test will skip its shellcheck test"
+        say "note: not installed (need root and apt-get): ${missing[*]}; shellcheck is optional (ansible-test skips it), the others are for the fleet lab (tests/fleet, root only)"
         return 0
     fi
     say "installing with apt-get: ${missing[*]}"
-    # Keep the nginx package's init script from starting a system nginx on port
-    # 80: the lab runs its own nginx processes. policy-rc.d exit 101 = forbidden.
-    local policy=/usr/sbin/policy-rc.d own_policy=0 rc=0
+    # Keep the packages' init scripts from starting a system nginx on port 80 or
+    # a system sshd on port 22: the labs run their own nginx and sshd processes.
+    # policy-rc.d exit 101 = forbidden.
+    local policy=/usr/sbin/policy-rc.d own_policy=0 rc=0 p
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
     fi
@@ -53,6 +68,7 @@ ensure_system_packages() {
     [ "$own_policy" = 1 ] && rm -f "$policy"
     have_prog nginx || die "nginx is still missing after apt-get (update rc=$rc)"
     say "nginx: $(/usr/sbin/nginx -v 2>&1 || nginx -v 2>&1)"
+    for e in "${SYSTEM_PACKAGES[@]:2}"; do have_it "$e" || say "note: ${e##*:} still missing: the fleet lab cannot start"; done
 }
 
 # --- Python ------------------------------------------------------------------
