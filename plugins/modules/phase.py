@@ -37,6 +37,8 @@ description:
   - "Steps of the restart phase: V(decide) (controller: restart only when a phase changed a file Vault reads at
     start only, or always), V(apply) (the Vault and proxy hosts: restart the units), V(ready) (admin host: wait,
     bounded, for a TLS session and sys/health 200, unsealing with the given keys)."
+  - "Step of the healthcheck: V(verify) (every host: every gate of its phases against what is installed and
+    running now), then V(gate) on the admin host."
 version_added: 0.2.0
 author:
   - privsec platform engineering (@privsec)
@@ -63,7 +65,7 @@ options:
     description: The step of the phase, see the description.
     type: str
     required: true
-    choices: [plan, apply, rollback, check, sign, mappings, gate, ready, decide, conclude, stop]
+    choices: [plan, apply, rollback, verify, check, sign, mappings, gate, ready, decide, conclude, stop]
   error:
     description:
       - With O(step=stop) (in a rescue), the failed task's result (C(ansible_failed_result)), used when the
@@ -154,8 +156,8 @@ def main():
         argument_spec=dict(
             phase=dict(type="str", required=True, choices=["preflight", "admin_cert", "server_tls", "agent_login",
                                                            "app_leaf", "proxy_trust", "restart", "healthcheck"]),
-            step=dict(type="str", required=True, choices=["plan", "apply", "rollback", "check", "sign", "mappings",
-                                                          "gate", "ready", "decide", "conclude", "stop"]),
+            step=dict(type="str", required=True, choices=["plan", "apply", "rollback", "verify", "check", "sign",
+                                                          "mappings", "gate", "ready", "decide", "conclude", "stop"]),
             error=dict(type="dict"),
             work=dict(type="dict", default={}),
             unseal_keys=dict(type="list", elements="str", no_log=True, default=[]),
