@@ -473,10 +473,42 @@ class Fleet(Lab):
     def _link_exists(self, name):
         return _run(["ip", "link", "show", "dev", name], check=False).returncode == 0
 
+    def _net_owner(self):
+        """The fleet folder that made this net's bridge (its alias), or None."""
+        out = _run(["ip", "-o", "link", "show", "dev", self.bridge], check=False).stdout
+        marker = " alias "
+        return out.split(marker, 1)[1].strip() if marker in out else None
+
+    def _net_busy(self):
+        """Processes in one of this net's namespaces or cgroup folders."""
+        for h in self.hosts.values():
+            if self._netns_exists(h) and _run(["ip", "netns", "pids", h.netns], check=False).stdout.strip():
+                return True
+        for h in ("systemd", "unified"):
+            top = Path("/sys/fs/cgroup") / h / ("vrfl%d" % self.net)
+            for procs in top.rglob("cgroup.procs") if top.exists() else []:
+                if procs.read_text().strip():
+                    return True
+        return False
+
+    def claim_net(self):
+        """Refuse a net another fleet folder runs on; clean up what a dead one left behind."""
+        owner = self._net_owner() if self._link_exists(self.bridge) else None
+        if owner in (None, str(self.dir)):
+            return []
+        if self._net_busy():
+            raise FleetError("the range %s.%d.0/24 (bridge %s) is in use by the fleet in %s: bring that one "
+                             "down (fleetctl.py --dir %s down) or choose another net (--net, FLEET_NET)"
+                             % (NET_PREFIX, self.net, self.bridge, owner, owner))
+        self._cleanup_cgroups(list(self.hosts.values()))
+        return ["removed what the stopped fleet of %s left on net %d: %s"
+                % (owner, self.net, ", ".join(self.network_down()) or "nothing")]
+
     def network_up(self):
         if not self._link_exists(self.bridge):
             _run(["ip", "link", "add", self.bridge, "type", "bridge"])
             _run(["ip", "addr", "add", "%s/24" % self.gateway, "dev", self.bridge])
+        _run(["ip", "link", "set", "dev", self.bridge, "alias", str(self.dir)])
         _run(["ip", "link", "set", self.bridge, "up"])
         for h in self.hosts.values():
             if not self._netns_exists(h):
@@ -765,8 +797,8 @@ class Fleet(Lab):
     def up(self, log=print):
         t0 = time.monotonic()
         self.preflight()
+        did = self.claim_net()
         self.dir.mkdir(parents=True, exist_ok=True)
-        did = []
         if self._write_ssh_client():
             did.append("made the SSH key %s" % self.p["ssh_key"])
         self._write_units_dir()
