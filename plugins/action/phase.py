@@ -173,13 +173,17 @@ class ActionModule(EngineAction):
     # ------------------------------------------------------------ preflight
 
     def step_check(self):
-        """Admin host: Vault ready for the admin identity's certificate; the issuers of the mount."""
+        """Admin host: Vault ready for the admin identity's certificate; the issuers of the mount.
+        Outside preflight (a healthcheck or restart run on its own) only when the run has no
+        issuers yet: the ones preflight read serve the whole run."""
         run = self.run_state()
+        if self.phase != "preflight" and run.read("vault") and run.ca_bundle():
+            return {"changed": False, "msg": "the issuers preflight read serve this run"}
         pre = _catalog.settings("preflight", self.get)
-        params = {"phase": "preflight", "step": "check", "connection": self.connection(),
+        params = {"phase": self.phase, "step": "check", "connection": self.connection(),
                   "pki_mount": _catalog.Values("vault_rotate", self.get).glob("pki_mount"),
                   "wait_timeout": pre["vault_wait_timeout"], "interval": 0.5}
-        found = self.engine_on(run, params, gate="preflight")
+        found = self.engine_on(run, params, gate=self.phase)
         run.write(dict(found, host=self.host), "vault")
         failure = found.get("failure")
         if failure:
@@ -187,7 +191,8 @@ class ActionModule(EngineAction):
             self.fail_step(run, {"failure_class": klass,
                                  "msg": "the admin identity cannot reach Vault: %s: %s" % (klass, failure["msg"]),
                                  "hint": PREFLIGHT_NEXT.get(klass, failure.get("hint") or
-                                                            "check the URL, the CA bundle and the admin cert")})
+                                                            "check the URL, the CA bundle and the admin cert")},
+                           gate=self.phase)
         health = found.get("health") or {}
         return {"changed": False, "msg": "Vault %s ready (HTTP %s); %d valid issuer(s) in %s" % (
             health.get("version") or "?", health.get("status_code"),
@@ -430,6 +435,9 @@ class ActionModule(EngineAction):
             for gate in self.resolve_gates(run, work["gates"]):
                 if gate["kind"] == "token":
                     gate = dict(gate, fresh=False, wait_timeout=min(float(gate.get("wait_timeout") or 0), 10))
+                elif gate["kind"] == "files":
+                    # min_days_left is the sanity of a NEW cert; what is installed must only still be valid
+                    gate = dict(gate, min_days_left=0)
                 gates.append(gate)
         named = set(g.get("unit") for g in gates if g["kind"] == "unit")
         gates = [{"kind": "unit", "name": "%s running" % u, "unit": u} for u in units if u not in named] + gates
@@ -443,9 +451,9 @@ class ActionModule(EngineAction):
             failure = dict(found["failure"])
             failure["hint"] = failure.get("hint") or HEALTH_MEANINGS.get(failure["failure_class"])
             self.fail_step(run, failure, gate="healthcheck/%s" % self.host)
+        held = [g["name"] for g in found.get("gates") or []]
         return {"changed": False, "gates": found.get("gates"),
-                "msg": "%s: %d gate(s) hold: %s" % (self.host, len(found.get("gates") or []),
-                                                   ", ".join(g["name"] for g in found.get("gates") or []))}
+                "msg": "%s: %d gate(s) hold: %s" % (self.host, len(held), ", ".join(held))}
 
     def step_gate(self):
         """Admin host: the gates that need the admin identity."""

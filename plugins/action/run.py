@@ -121,7 +121,7 @@ class ActionModule(EngineAction):
             problems.append("vault_rotate_phases holds unknown phases %s (known: %s)" % (
                 ", ".join(unknown), ", ".join(_catalog.ROTATING_PHASES)))
         for name, suggestion in _catalog.unknown_variables(self._vars.keys()):
-            if name.startswith("vault_rotate_"):
+            if not name.startswith(_catalog.DISTINCT_PREFIXES):
                 self._display.warning("unknown variable %s%s" % (
                     name, " (did you mean %s?)" % suggestion if suggestion else ""))
             else:

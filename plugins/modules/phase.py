@@ -33,7 +33,8 @@ description:
     V(gate) (admin host: the gates that need the admin identity), V(rollback) (each host, after a failed gate:
     put back what this run changed there, reload/restart again, prove it), V(conclude) (controller: record the
     phase as passed), V(stop) (controller, in the rescue: write the report, release the lock and stop the run
-    with C(GATE <gate> FAILED (<class>): <what>. Next: <what to check>); it always fails)."
+    with the line C(GATE <gate> FAILED <class>: <what>. Next: <what to check>), the class in parentheses;
+    it always fails)."
   - "Steps of the restart phase: V(decide) (controller: restart only when a phase changed a file Vault reads at
     start only, or always), V(apply) (the Vault and proxy hosts: restart the units), V(ready) (admin host: wait,
     bounded, for a TLS session and sys/health 200, unsealing with the given keys)."
@@ -92,7 +93,7 @@ notes:
 """
 
 EXAMPLES = r"""
-# The phase roles are short declarations of these steps, for example roles/app_leaf/tasks/main.yml:
+# The phase roles are short declarations of these steps, for example roles/app_leaf/tasks/phase.yml:
 - name: App leaf | Install the signed frontend certs, reload nginx, prove the served serial
   privsec.vault_rotate.phase:
     phase: app_leaf
@@ -116,9 +117,22 @@ plan:
   returned: step=sign
   type: str
 due:
-  description: With O(step=sign), per rotating phase whether it has anything to change (also set as the fact C(vault_rotate_due)).
+  description:
+    - With O(step=sign), per rotating phase whether it has anything to change, and C(any); the preflight role
+      registers this result as C(vault_rotate_plan), and rotate_all.yml skips the rotating phases when nothing is
+      due (the healthcheck then checks their gates in one batched verification).
   returned: step=sign
   type: dict
+rekey:
+  description: With O(step=sign), the slots whose PKI role refused the CSR's key type (a second round makes new keys).
+  returned: step=sign
+  type: list
+  elements: str
+warnings:
+  description: With O(step=sign), certificates that will live shorter than the ones they replace.
+  returned: step=sign
+  type: list
+  elements: str
 slots:
   description: With O(step=apply), each slot of the host with C(action) (V(rotated) or V(kept)) and the C(serial) installed now.
   returned: step=apply
@@ -136,10 +150,6 @@ ready_at:
 failure_class:
   description: On failure, the class of the failure, for example V(serial_mismatch), V(policy_mismatch), V(sealed).
   returned: failure
-  type: str
-engine:
-  description: V(module) or V(in-process) (the controller ran the step itself).
-  returned: when a step ran on a host
   type: str
 """
 

@@ -62,8 +62,8 @@ class Setting(object):
 
 
 S = Setting
-_FORCE = S("force", "bool", False, glob="vault_rotate_force", doc="Rotate even when not due.")
-_RENEW = S("renew_fraction", "float", 0.6667, glob="vault_rotate_renew_fraction",
+_FORCE = S("force", "bool", glob="vault_rotate_force", doc="Rotate even when not due.")
+_RENEW = S("renew_fraction", "float", glob="vault_rotate_renew_fraction",
            doc="Share of a certificate's lifetime after which it is due (0 < x < 1).")
 _MOUNT = S("pki_mount", glob="vault_rotate_pki_mount", doc="PKI mount that signs.")
 _TTL = S("ttl", default="", doc="TTL asked of the PKI role (empty: the role's default).")
@@ -160,7 +160,7 @@ ROLES = {
         S("ttl", default="720h", doc="TTL of the new admin cert."),
         _KEY_TYPE, _KEY_SIZE,
         S("dns_names", "list", [], elements="str", doc="DNS SANs of the admin cert (besides those it has now)."),
-        ] + _names() + [
+        *_names(),
         S("cert_path", "path", glob="vault_rotate_admin_cert", doc="Admin certificate file."),
         S("key_path", "path", glob="vault_rotate_admin_key", doc="Admin private key file."),
         S("chain_path", "path", glob="vault_rotate_admin_issuing_ca", doc="Issuing CA file next to the admin cert."),
@@ -212,7 +212,7 @@ ROLES = {
           shown="agent-<app>.<vault_rotate_domain>", doc="CN of the agent login cert."),
         S("dns_names", "list", lambda v: [v["common_name"]], elements="str", shown="[agent_login_common_name]",
           doc="DNS SANs of the agent login cert (besides those it has now)."),
-        ] + _names() + [
+        *_names(),
         _TTL, _KEY_TYPE, _KEY_SIZE,
         S("home", "path", lambda v: "%s/%s" % (v.glob("home_root"), _app(v)), shown="<vault_rotate_home_root>/<app>",
           doc="Home of the app."),
@@ -300,14 +300,14 @@ ROLES = {
         S("agent_ttl", default="", doc="TTL of the proxy agent cert."),
         S("agent_dns_names", "list", lambda v: [v["agent_common_name"]], elements="str",
           shown="[proxy_trust_agent_common_name]", doc="DNS SANs of the proxy agent cert (besides those it has now)."),
-        ] + _names("agent_") + _keys("agent_") + [
+        *_names("agent_"), *_keys("agent_"),
         S("frontend_pki_role", default=lambda v: "nginx-" + _app(v), shown="nginx-<app>",
           doc="PKI role of the proxy's frontend cert."),
         S("frontend_common_name", glob="vault_rotate_tls_server_name", doc="CN of the proxy's frontend cert."),
         S("frontend_dns_names", "list", lambda v: [v["frontend_common_name"]], elements="str",
           shown="[proxy_trust_frontend_common_name]", doc="DNS SANs of the proxy's frontend cert (besides those it "
                                                           "has now)."),
-        ] + _names("frontend_") + _keys("frontend_") + [
+        *_names("frontend_"), *_keys("frontend_"),
         S("frontend_key_path", "path", lambda v: v["home"] + "/nginx/tls/proxy.key", shown="<home>/nginx/tls/proxy.key",
           doc="Proxy frontend key."),
         S("frontend_cert_path", "path", lambda v: v["home"] + "/nginx/tls/proxy.crt", shown="<home>/nginx/tls/proxy.crt",
@@ -441,6 +441,12 @@ _GLOBAL_BY_KEY = dict((s.key, s) for s in GLOBALS)
 def settings(role, get):
     """The resolved settings of ``role`` (a Values); RotateError('bad_input') names a bad variable."""
     return Values(role, get).resolve(ROLES[role])
+
+
+# Role prefixes distinctive enough that an unknown variable with one is a misspelling of ours
+# (refused); restart_, report_ and healthcheck_ are common words: those only warn.
+DISTINCT_PREFIXES = tuple("%s_" % r for r in ("preflight", "admin_cert", "server_tls", "agent_login", "app_leaf",
+                                              "proxy_trust"))
 
 
 def unknown_variables(names):

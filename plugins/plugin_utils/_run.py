@@ -269,8 +269,8 @@ class Run(object):
         """The concluded phases, in the order of the run."""
         found = [read_json(p) for p in glob.glob(os.path.join(self.dir, "phase", "*", "result.json"))]
         order = dict((phase, i) for i, phase in enumerate(PHASE_ORDER))
-        return sorted([r for r in found if r], key=lambda r: (order.get(r.get("phase"), len(order)),
-                                                             r.get("ended_epoch") or 0))
+        return sorted([r for r in found if r],
+                      key=lambda r: (order.get(r.get("phase"), len(order)), r.get("ended_epoch") or 0))
 
 
 def new_run_id(awx_job_id=None):
@@ -339,11 +339,11 @@ def finish(run, report_dir, status="auto", msg="", check_mode=False, extra=None)
     s = report["summary"]
     files = []
     if not check_mode:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        # One pair of files per run: <env>-<run id> (the id starts with the run's UTC start, or is awx-<job>).
         body = json.dumps(report, indent=2, sort_keys=False) + "\n"
         markdown = _report.report_markdown(report)
-        files = [os.path.join(report_dir, "%s-%s.json" % (meta["env"], stamp)),
-                 os.path.join(report_dir, "%s-%s.md" % (meta["env"], stamp))]
+        files = [os.path.join(report_dir, "%s-%s.json" % (meta["env"], meta["id"])),
+                 os.path.join(report_dir, "%s-%s.md" % (meta["env"], meta["id"]))]
         try:
             os.makedirs(report_dir, 0o750, exist_ok=True)
             for path, text in ((files[0], body), (os.path.join(report_dir, "latest.json"), body),
