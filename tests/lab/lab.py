@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +54,18 @@ LEAF_LIFETIME = datetime.timedelta(hours=24)
 LEAF_BACKDATE = datetime.timedelta(hours=18)
 ROOT_LIFETIME = datetime.timedelta(days=3650)
 INTERMEDIATE_LIFETIME = datetime.timedelta(days=730)
+
+# A frontend refuses names it does not serve (the proxy instead is the default server of its port).
+REJECT_UNKNOWN_NAMES = """  server {{
+    listen {ip}:{port} ssl default_server;
+    ssl_reject_handshake on;
+  }}
+"""
+
+# Like production: the listener's and the nginx frontends' PKI roles pin RSA keys (the lab issues
+# those leaves with RSA keys too); the admin's and the agents' roles take EC keys.
+RSA_ROLES = ("vault-server", "nginx-")
+RSA_BITS = 2048
 
 ROLE_TTL = "720h"
 ROLE_MAX_TTL = "8760h"
@@ -237,7 +249,10 @@ def pid_cmdline(pid):
 # x509 (offline CA and initial leaves)
 # --------------------------------------------------------------------------
 
-def _new_key():
+def _new_key(key_type="ec"):
+    """EC P-256, or RSA 2048 for the leaves whose PKI role requires RSA (as production pins them)."""
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
     return ec.generate_private_key(ec.SECP256R1())
 
 
@@ -489,10 +504,15 @@ class Lab:
                     "rendered_ca_chain": h / "vault/rendered/ca_chain.pem",
                 })
             else:
+                # The last app's site holds only frontend.fullchain.pem + frontend.key (the common nginx
+                # layout): frontend_crt then names the fullchain, whose first certificate is the leaf.
+                layout = "fullchain" if app == self.apps[-1] and len(self.apps) > 1 else "leaf+fullchain"
                 a.update({
                     "frontend_key": h / "nginx/tls/frontend.key",
-                    "frontend_crt": h / "nginx/tls/frontend.crt",
+                    "frontend_crt": h / ("nginx/tls/frontend.fullchain.pem" if layout == "fullchain"
+                                         else "nginx/tls/frontend.crt"),
                     "frontend_fullchain": h / "nginx/tls/frontend.fullchain.pem",
+                    "frontend_layout": layout,
                 })
             p["apps"][app] = a
         return p
@@ -722,14 +742,16 @@ class Lab:
             return key, cert
         return load(self.p["root_key"], self.p["root_crt"]), load(self.p["int_key"], self.p["int_crt"])
 
-    def _leaf_files(self, key_path, cert_path, cn, now, issuer, fullchain=None, chain_files=(), **kw):
-        if cert_path.exists() and key_path.exists():
+    def _leaf_files(self, key_path, cert_path, cn, now, issuer, fullchain=None, chain_files=(), key_type="ec", **kw):
+        """Key, leaf (unless cert_path is None: a site that reads only key + fullchain), fullchain, chain files."""
+        if (cert_path or fullchain).exists() and key_path.exists():
             return False
         (root_key, root_crt), (int_key, int_crt) = issuer
-        key = _new_key()
+        key = _new_key(key_type)
         cert = make_leaf(cn, key, int_crt, int_key, now, **kw)
         _write(key_path, _key_pem(key), 0o600)
-        _write(cert_path, _cert_pem(cert))
+        if cert_path is not None:
+            _write(cert_path, _cert_pem(cert))
         if fullchain:
             _write(fullchain, _cert_pem(cert) + _cert_pem(int_crt))
         for path, content in chain_files:
@@ -757,7 +779,7 @@ class Lab:
         if self._leaf_files(self.p["server_key"], self.p["server_crt"], SNI, now, issuer,
                             fullchain=self.p["fullchain"],
                             chain_files=[(self.p["ca_chain"], chain_pem), (self.p["root_ca"], root_pem)],
-                            dns=[SNI], ips=[self.address()], server=True, client=True):
+                            dns=[SNI], ips=[self.address()], server=True, client=True, key_type="rsa"):
             made.append("listener cert")
         if self._leaf_files(self.p["admin_key"], self.p["admin_crt"], ADMIN_CN, now, issuer,
                             chain_files=[(self.p["admin_issuing_ca"], int_pem), (self.p["admin_ca"], root_pem)],
@@ -770,15 +792,17 @@ class Lab:
                                 chain_files=[(a["ca"], root_pem)], dns=[cn], client=True):
                 made.append("agent cert %s" % app)
             if app == PROXY_APP:
+                # Clients also reach the proxy by address (https://<address>:<port>): an IP SAN.
                 if self._leaf_files(a["proxy_key"], a["proxy_crt"], SNI, now, issuer,
-                                    fullchain=a["proxy_fullchain"],
-                                    chain_files=[(a["current_ca_chain"], chain_pem)], dns=[SNI], server=True):
+                                    fullchain=a["proxy_fullchain"], chain_files=[(a["current_ca_chain"], chain_pem)],
+                                    dns=[SNI], ips=[self.address(PROXY_APP)], server=True, key_type="rsa"):
                     made.append("proxy frontend cert")
             else:
                 fqdn = "%s.%s" % (app, DOMAIN)
-                if self._leaf_files(a["frontend_key"], a["frontend_crt"], fqdn, now, issuer,
-                                    fullchain=a["frontend_fullchain"], dns=[fqdn], server=True):
-                    made.append("frontend cert %s" % app)
+                leaf = None if a["frontend_layout"] == "fullchain" else a["frontend_crt"]
+                if self._leaf_files(a["frontend_key"], leaf, fqdn, now, issuer,
+                                    fullchain=a["frontend_fullchain"], dns=[fqdn], server=True, key_type="rsa"):
+                    made.append("frontend cert %s (%s)" % (app, a["frontend_layout"]))
         env = ("VAULT_ADDR=%s\nVAULT_CACERT=%s\nVAULT_TLS_SERVER_NAME=%s\n"
                % (self.url, self.hp(self.p["admin_ca"]), SNI))
         _write_if_changed(self.p["prod_env"], env)
@@ -892,16 +916,14 @@ http {{
   uwsgi_temp_path {prefix}/tmp/uwsgi;
   scgi_temp_path {prefix}/tmp/scgi;
   ssl_protocols TLSv1.2 TLSv1.3;
-  server {{
-    listen {ip}:{port} ssl default_server;
-    ssl_reject_handshake on;
-  }}
-""".format(name=u["name"], user=self._nginx_user(), prefix=self.hp(prefix),
-           log=self.hp(self.logfile(u["name"])), access=self.hp(self.access_logfile(u["name"])),
-           ip=self.address(u["app"]), port=u["ports"][0])
+{reject}""".format(name=u["name"], user=self._nginx_user(), prefix=self.hp(prefix),
+                   log=self.hp(self.logfile(u["name"])), access=self.hp(self.access_logfile(u["name"])),
+                   reject="" if u["app"] == PROXY_APP else REJECT_UNKNOWN_NAMES.format(
+                       ip=self.address(u["app"]), port=u["ports"][0]))
         if u["app"] == PROXY_APP:
+            # The default server of its port: clients that connect by address send no SNI.
             body = """  server {{
-    listen {ip}:{port} ssl;
+    listen {ip}:{port} ssl default_server;
     server_name {sni} {ip};  # {ip}: clients that dial the IP send it as Host
     ssl_certificate     {fullchain};
     ssl_certificate_key {key};
@@ -1047,7 +1069,10 @@ http {{
         for app in self.apps + [PROXY_APP]:
             roles["agent-mtls-%s" % app] = role(["agent-%s.%s" % (app, DOMAIN)], client=True)
             fronts = [SNI, "%s.%s" % (app, DOMAIN)] if app == PROXY_APP else ["%s.%s" % (app, DOMAIN)]
-            roles["nginx-%s" % app] = role(fronts, server=True)
+            roles["nginx-%s" % app] = role(fronts, server=True, ips=app == PROXY_APP)
+        for name, body in roles.items():
+            if name.startswith(RSA_ROLES):
+                body.update(key_type="rsa", key_bits=RSA_BITS)
         return roles
 
     def policies(self):
