@@ -263,7 +263,8 @@ class Fleet(Lab):
         for app, a in base["apps"].items():
             h = self.host(app)
             for key, value in list(a.items()):
-                a[key] = move(value, h)
+                if isinstance(value, Path):  # the rest are settings (frontend_layout, ...)
+                    a[key] = move(value, h)
             a["logs"] = a["home"] / "logs"
             a["nginx_prefix"] = a["home"] / "nginx" / "run"
         base["vault_logs"] = vault.dir / "home" / VAULT_USER / "logs"
