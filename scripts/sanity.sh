@@ -2,7 +2,7 @@
 # Run `ansible-test sanity` on a copy of the collection under a real
 # ansible_collections/privsec/vault_rotate folder (.cache/), offline-safe.
 #
-#  - the copy leaves out what is not the collection (.venv .lab .cache
+#  - the copy leaves out what is not the collection (.venv .lab .fleet .cache
 #    collections .git tests/output, caches) and the pytest suites + lab
 #    (tests/ other than tests/sanity: controller-only, linted by ruff); tar is used because rsync is not
 #    on a fresh machine of this kind; the copy gets a throwaway git repo so
@@ -32,7 +32,7 @@ say() { printf 'sanity: %s\n' "$*"; }
 rm -rf "$DEST"
 mkdir -p "$DEST"
 tar -C "$REPO" -cf - \
-    --exclude=./.venv --exclude=./.lab --exclude=./.cache --exclude=./.git \
+    --exclude=./.venv --exclude=./.lab --exclude=./.fleet --exclude=./.cache --exclude=./.git \
     --exclude=./bench --exclude=./collections --exclude=./playbooks/collections --exclude=./tests/output --exclude=./reports \
     --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache \
     --exclude='./privsec-vault_rotate-*.tar.gz' --exclude=./tests . | tar -C "$DEST" -xf -
