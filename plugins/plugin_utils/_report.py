@@ -63,7 +63,10 @@ def _iso(value):
 def _cert(value):
     if not isinstance(value, dict):
         return None
-    return dict((k, _scrub(value.get(k), 200)) for k in CERT_FIELDS)
+    out = dict((k, _scrub(value.get(k), 200)) for k in CERT_FIELDS)
+    if isinstance(value.get("lifetime_days"), (int, float)) and not isinstance(value["lifetime_days"], bool):
+        out["lifetime_days"] = round(float(value["lifetime_days"]), 2)
+    return out
 
 
 def _slot(value):

@@ -32,6 +32,7 @@ import tempfile
 import time
 
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
+from ansible_collections.privsec.vault_rotate.plugins.module_utils import _timing
 
 OWNER = "owner.json"
 
@@ -282,6 +283,15 @@ def new_run_id(awx_job_id=None):
 
 # ---------------------------------------------------------------- the report
 
+def _lifetime_days(issued):
+    """Days from not_before to not_after of an issued certificate (None when unknown)."""
+    try:
+        span = _timing.parse_time(issued["not_after"]) - _timing.parse_time(issued["not_before"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return round(span.total_seconds() / 86400.0, 4)
+
+
 def slot_records(run):
     """Every slot of the run, as the report lists it: planned, then what the phases did."""
     slots = {}
@@ -303,7 +313,8 @@ def slot_records(run):
                     issued = signed.get(done["slot"]) or {}
                     entry["new"] = {"serial": done.get("serial") or issued.get("serial"),
                                     "not_after": issued.get("not_after"),
-                                    "fingerprint_sha256": issued.get("fingerprint_sha256")}
+                                    "fingerprint_sha256": issued.get("fingerprint_sha256"),
+                                    "lifetime_days": _lifetime_days(issued)}
         for undone in run.all("phase", phase, "rollback").values():
             for done in undone.get("slots") or []:
                 if done.get("changed") and done["slot"] in slots:
