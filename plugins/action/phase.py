@@ -66,6 +66,13 @@ class StepFailed(Exception):
                                  hint=failure.get("hint"))
 
 
+def key_setting(slot):
+    """The variable that sets a slot's key type: app_leaf_key_type, proxy_trust_frontend_key_type, ..."""
+    phase, _sep, rest = slot.partition("/")
+    prefix = rest.split("-", 1)[0] + "_" if phase == "proxy_trust" and rest else ""
+    return "%s_%skey_type" % (phase, prefix)
+
+
 class ActionModule(EngineAction):
     _VALID_ARGS = frozenset(("phase", "step", "error"))
 
@@ -256,7 +263,7 @@ class ActionModule(EngineAction):
                                      "csr": record["csr"], "common_name": spec["common_name"],
                                      "dns_names": record["names"]["dns_names"],
                                      "ip_addresses": record["names"]["ip_addresses"], "ttl": spec.get("ttl"),
-                                     "key_source": record["key"]["source"],
+                                     "key_source": record["key"]["source"], "key_setting": key_setting(spec["name"]),
                                      "old_lifetime_days": (record.get("old") or {}).get("lifetime_days")})
             for phase, work in plan["works"].items():
                 for mapping in work["mappings"]:

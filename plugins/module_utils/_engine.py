@@ -181,6 +181,7 @@ CONNECTION_OPTIONS = dict(
 SIGN_OPTIONS = dict(
     slot=dict(type="str", required=True),
     key_source=dict(type="str"),
+    key_setting=dict(type="str"),
     old_lifetime_days=dict(type="float"),
     pki_mount=dict(type="str", required=True),
     pki_role=dict(type="str", required=True),
@@ -972,11 +973,12 @@ def key_for_role(client, roles, request):
                           hint="let the role accept ec or rsa keys (key_type), or rotate this certificate by hand")
     size = max(role_bits, 2048) if role_type == "rsa" else (role_bits or 256)
     if request.get("key_source") == "setting":
+        setting = request.get("key_setting") or "the slot's key_type"
         raise RotateError(
-            "bad_input", "slot %s: its key_type is set to %s-%s, but PKI role %s/roles/%s requires %s-%s keys" % (
-                request["slot"], key_type, key_bits, request["pki_mount"], request["pki_role"], role_type, size),
-            hint="set the slot's key_type/key_size to what the role requires, or leave them empty "
-                 "(the key installed now, else what the role requires)")
+            "bad_input", "%s asks for %s-%s keys, but PKI role %s/roles/%s requires %s-%s keys" % (
+                setting, key_type, key_bits, request["pki_mount"], request["pki_role"], role_type, size),
+            hint="set %s (and its key_size) to what the role requires, or leave them empty (the key installed "
+                 "now, else what the role requires)" % setting)
     return {"key_type": role_type, "key_size": size, "was": "%s-%s" % (key_type, key_bits)}
 
 
