@@ -2,9 +2,10 @@
 
 - `fleet` (session): a fleet made from nothing in `FLEET_TEST_DIR` (default
   <repo>/.cache/fleet/test) on 10.212.FLEET_TEST_NET.0/24 (default 13, so a
-  `make fleet-up` fleet on 12 can run beside it), brought down and purged at the
-  end; the teardown fails the session when anything of it is left on the
-  machine. FLEET_TEST_KEEP=1 keeps it up (and reuses a running one).
+  `make fleet-up` fleet on 12 can run beside it), brought down and purged as
+  soon as the last fleet test is done (the rest of `make test` does not need
+  it); that teardown fails when anything of it is left on the machine.
+  FLEET_TEST_KEEP=1 keeps it up (and reuses a running one).
 - `healthy_fleet` (function): the session fleet, repaired before the test when an
   earlier test left it broken (drop-ins, sshd, sealed Vault, stopped units).
 Root only: without root every fleet test is skipped.
@@ -37,6 +38,27 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+_ACTIVE = {}
+
+
+def _fleet_down():
+    """Bring the session fleet down (once): at the end of the session, or as soon as the last
+    fleet test is done (the rest of `make test` does not need its hosts)."""
+    f = _ACTIVE.pop("fleet", None)
+    if f is None or os.environ.get("FLEET_TEST_KEEP") == "1":
+        return
+    t0 = time.monotonic()
+    f.down(purge=True, log=lambda _m: None)
+    left = f.leftovers()
+    print("fleet: session fleet down in %.1f s" % (time.monotonic() - t0))
+    assert left == [], "the fleet left things behind: %s" % left
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if nextitem is None or HERE not in Path(str(nextitem.path)).parents:
+        _fleet_down()
+
+
 @pytest.fixture(scope="session")
 def fleet():
     keep = os.environ.get("FLEET_TEST_KEEP") == "1"
@@ -51,14 +73,9 @@ def fleet():
         pytest.fail("fleet up failed: %s" % exc, pytrace=False)
     f.up_seconds = time.monotonic() - t0
     print("fleet: session fleet up in %.1f s" % f.up_seconds)
+    _ACTIVE["fleet"] = f
     yield f
-    if keep:
-        return
-    t0 = time.monotonic()
-    f.down(purge=True, log=lambda _m: None)
-    left = f.leftovers()
-    print("fleet: session fleet down in %.1f s" % (time.monotonic() - t0))
-    assert left == [], "the fleet left things behind: %s" % left
+    _fleet_down()
 
 
 def repair(f):
