@@ -777,8 +777,14 @@ def host_verify(params, check_mode=False):
     every gate runs; the first that fails is the result's failure, all of them are listed."""
     services = _services(params)
     out = {"changed": False, "gates": [], "failure": None}
-    ctx = {"services": services, "units": {}, "slots": dict((s["name"], s) for s in params["slots"]),
-           "serials": current_serials(params["slots"]), "ca_bundle": params.get("ca_bundle"),
+    # The names a rotation keeps (effective_names, as the plan gives them): a name of the cert
+    # in place that the configuration does not list is carried, not a reason to fail.
+    slots = []
+    for slot in params["slots"]:
+        names = effective_names(slot, Material(_material_params(slot, None), check_mode=True).read_cert()[1])
+        slots.append(dict(slot, dns_names=names["dns_names"], ip_addresses=names["ip_addresses"]))
+    ctx = {"services": services, "units": {}, "slots": dict((s["name"], s) for s in slots),
+           "serials": current_serials(slots), "ca_bundle": params.get("ca_bundle"),
            "connection": params.get("connection")}
     out["gates"] = run_gates(params["gates"], ctx, stop_on_failure=False)
     out["serials"] = ctx["serials"]
