@@ -285,6 +285,10 @@ class ActionModule(EngineAction):
         if rekey:
             run.write({"slots": rekey}, "rekey")
         due = self.due(plans, found, phases)
+        # Nothing due and no restart asked for: rotate_all skips the rotating phases and the
+        # healthcheck checks their gates in one batched verification (a forced restart runs
+        # them in place, so that their gates hold before Vault goes down).
+        due["batch"] = not due["any"] and _catalog.settings("restart", self.get)["vault_mode"] != "always"
         run.write({"due": due}, "due")
         table = _report.plan_table(rows) + self.trust_lines(plans, found) + self.dropin_lines(plans, found)
         failure = found.get("failure")
@@ -707,7 +711,7 @@ class ActionModule(EngineAction):
         """A run where the plan had nothing due skips the rotating phases: the healthcheck ran
         their gates in one batched verification, and the report says so."""
         due = (run.read("due") or {}).get("due") or {}
-        if due.get("any", True):
+        if not due.get("batch"):
             return
         for phase in _catalog.ROTATING_PHASES:
             if run.read("phase", phase, "result") is None and phase in run.meta.get("phases", []):

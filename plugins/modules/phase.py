@@ -119,8 +119,9 @@ plan:
 due:
   description:
     - With O(step=sign), per rotating phase whether it has anything to change, and C(any); the preflight role
-      registers this result as C(vault_rotate_plan), and rotate_all.yml skips the rotating phases when nothing is
-      due (the healthcheck then checks their gates in one batched verification).
+      registers this result as C(vault_rotate_plan). C(batch) is true when nothing is due and no restart is forced:
+      rotate_all.yml then skips the rotating phases and the healthcheck checks their gates in one batched
+      verification.
   returned: step=sign
   type: dict
 rekey:
