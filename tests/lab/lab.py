@@ -1,4 +1,4 @@
-"""The lab: a real, local, small copy of the production environment of FIELD_NOTES.md.
+"""The lab: a real, local, small copy of the production environment of inventories/prod (docs/operating.md).
 
 One OpenBao server (raft, TLS listener that requires client certs), an offline
 root CA and a `pki-prod` intermediate inside OpenBao, cert auth with the

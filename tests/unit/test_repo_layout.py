@@ -144,7 +144,7 @@ def test_module_docs_name_the_module():
 
 
 def test_module_utils_are_private_or_documented():
-    # DESIGN.md: private helpers start with "_"; a public module_util is API.
+    # docs/development.md: private helpers start with "_"; a public module_util is API.
     for path in (REPO / "plugins" / "module_utils").glob("*.py"):
         if path.name == "__init__.py" or path.name.startswith("_"):
             continue
@@ -172,3 +172,19 @@ def test_managed_host_requirements_are_loose():
 
 def test_controller_python_is_supported():
     assert sys.version_info >= (3, 11), "the controller venv must be Python >= 3.11 (bootstrap picks >= 3.12 when it can)"
+
+
+def test_the_project_cites_only_its_own_docs():
+    """Comments and docs point at docs/ (and the code), never at documents outside the repository."""
+    outside = ("DESIGN.md", "FIELD_NOTES.md", "STYLE.md", "/work/shared", "seed/rotate-everything")
+    skip = {".git", ".venv", ".cache", ".lab", ".fleet", "collections", "tests/output"}
+    found = []
+    for path in REPO.rglob("*"):
+        rel = path.relative_to(REPO).as_posix()
+        if not path.is_file() or any(rel == s or rel.startswith(s + "/") for s in skip) or rel.startswith("playbooks/collections"):
+            continue
+        if path.suffix not in (".py", ".yml", ".yaml", ".md", ".sh", ".cfg", ".toml", ".txt", ".j2") and path.name != "Makefile":
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        found += ["%s: %s" % (rel, name) for name in outside if name in text and rel != "tests/unit/test_repo_layout.py"]
+    assert found == []
