@@ -119,7 +119,7 @@ plan:
 due:
   description:
     - With O(step=sign), per rotating phase whether it has anything to change, and C(any); the preflight role
-      registers this result as C(vault_rotate_plan). C(batch) is true when nothing is due and no restart is forced:
+      registers this result as C(vault_rotate_plan). C(batch) is true when nothing is due and no restart is forced;
       rotate_all.yml then skips the rotating phases and the healthcheck checks their gates in one batched
       verification.
   returned: step=sign
