@@ -17,6 +17,8 @@ ACTION (fires on the first call only, STATE records it):
                    the background and write the time it listens again to STAMP; REAL not run
     drop-intermediate PEM  keep only the self-signed certs of a CA bundle file, then run REAL
     mapping LABDIR NAME JSON   overwrite cert-auth mapping NAME with JSON (root token), then run REAL
+    replace PATH OLD NEW   replace the text OLD by NEW in PATH (a config another tool edits), then run REAL
+    reload LABDIR UNIT   reload UNIT (SIGHUP) instead of REAL (a restart that became a reload)
 """
 import json
 import os
@@ -125,6 +127,16 @@ def _fire(action, args):
         if status >= 300:
             raise SystemExit("fault mapping: HTTP %s %s" % (status, data))
         return True
+    if action == "replace":
+        path, old, new = Path(args[0]), args[1], args[2]
+        text = path.read_text()
+        if old not in text:
+            raise SystemExit("fault replace: %r not found in %s" % (old, path))
+        path.write_text(text.replace(old, new))
+        return True
+    if action == "reload":
+        _labctl(args[0], "unit", args[1], "reload")
+        return False
     raise SystemExit("unknown fault action %r" % action)
 
 
