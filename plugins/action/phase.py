@@ -193,6 +193,8 @@ class ActionModule(EngineAction):
         found = self.engine_on(run, params, gate=self.phase)
         run.write(dict(found, host=self.host), "vault")
         failure = found.get("failure")
+        if failure and failure.get("gate") == "issuers":
+            self.fail_step(run, failure, gate=self.phase)
         if failure:
             klass = failure["failure_class"]
             self.fail_step(run, {"failure_class": klass,

@@ -858,12 +858,22 @@ def admin_check(params, check_mode=False):
         out["admin_cert_pem"] = _read_text(connection["client_cert"]) if connection.get("client_cert") else None
         health = wait_ready(client, wait_timeout=params.get("wait_timeout") or 0, interval=params.get("interval") or 0.5)
         out["health"] = {"status_code": health.get("status_code"), "version": health.get("version")}
+    except RotateError as err:
+        out["failure"] = failure_of(err, gate="vault")
+        client.close()
+        return out
+    try:
         if params.get("pki_mount"):
             issuers = read_issuers(client, params["pki_mount"], public=True)
             out["issuers"] = {"ca_bundle": issuers["ca_bundle"], "issuers": issuers["issuers"],
                               "default_issuer_id": issuers.get("default_issuer_id")}
     except RotateError as err:
-        out["failure"] = failure_of(err, gate="vault")
+        if err.failure_class == "permission_denied":
+            # An existing PKI mount answers LIST <mount>/issuers without a token.
+            err = RotateError("not_found", "PKI mount '%s' not found: LIST %s/issuers answered %s" % (
+                params["pki_mount"], params["pki_mount"], err.message),
+                hint="check vault_rotate_pki_mount; list the mounts with: bao secrets list")
+        out["failure"] = failure_of(err, gate="issuers")
     finally:
         client.close()
     out["vault_requests"] = client.requests_made
