@@ -615,8 +615,22 @@ def _probe_one(gate, name, context, unverified, expect):
                           result.get("target"), result.get("server_name"), result.get("http_status"),
                           gate.get("http_path"), gate["expect_status"]))
     if not result["ok"]:
-        raise RotateError(result.get("failure_class") or "tls_error", result.get("msg") or "probe failed",
-                          hint=result.get("hint"), details={"tls_alert": result.get("tls_alert")})
+        msg, hint = result.get("msg") or "probe failed", result.get("hint")
+        if result.get("failure_class") == "hostname_mismatch" and result.get("serial"):
+            served = []
+            for served_name in [result.get("common_name")] + list(result.get("dns_names") or []) + list(
+                    result.get("ip_addresses") or []):
+                if served_name and served_name not in served:
+                    served.append(served_name)
+            msg = "%s: it served serial %s for %s" % (msg.rstrip(". "), result["serial"], ", ".join(served) or "no name")
+            if _is_ip(name):
+                # The cert installed for this slot carries the address (the plan kept it); a client
+                # that connects by address sends no SNI and got another certificate.
+                hint = ("a client that connects to %s sends no SNI and gets the certificate of the port's default "
+                        "server: make this service the default server of its port (nginx: listen ... "
+                        "default_server), or drop %s from the cert on purpose (drop_names)" % (name, name))
+        raise RotateError(result.get("failure_class") or "tls_error", msg,
+                          hint=hint, details={"tls_alert": result.get("tls_alert")})
     return {"serial": result.get("serial"), "http_status": result.get("http_status"),
             "tls_version": result.get("tls_version"), "days_left": result.get("days_left"),
             "not_after": result.get("not_after"), "attempts": result.get("attempts")}

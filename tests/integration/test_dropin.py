@@ -18,6 +18,7 @@ from pathlib import Path
 
 import faults
 import pytest
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._x509 import format_serial
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -293,6 +294,9 @@ def test_lost_address_fails_the_proxy_gate_and_rolls_back(throwaway_lab, tmp_pat
     assert (tmp_path / "catchall.state").exists(), "the fault did not fire"
     gate, klass, msg, nxt = assert_stopped_at(lab, proc, "proxy_trust", {"hostname_mismatch"})
     assert ADDRESS in msg, msg
+    # It names what a client by address got instead, and what to change.
+    assert "it served serial %s for %s" % (format_serial(serial(other["frontend_fullchain"])), other["sni"]) in msg, msg
+    assert "sends no SNI" in nxt and "default server" in nxt, nxt
     # Rolled back: the old proxy cert (and the proxy's agent cert) on disk and served by name.
     assert serial(pp["proxy_crt"]) == old_front and serial(pp["proxy_fullchain"]) == old_front
     assert serial(pp["agent_crt"]) == old_agent
