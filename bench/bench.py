@@ -34,12 +34,25 @@ sign/issue, cert logins, admin logins) and sign/issue per rotated slot (rotated
 = leaf serials on disk that changed), controller peak memory as summed PSS of
 ansible-playbook and all its descendants (and summed RSS beside it), probe
 failures and gaps, restart outage and readiness lag. Output: a table on stdout
-(current, baseline, current/baseline), JSON in BENCH_WORKDIR (default
+(current, baseline, current/baseline), JSON (format v3) in BENCH_WORKDIR (default
 .cache/bench/bench-<stamp>.json and latest.json), a copy in bench/results/
 with BENCH_SAVE=1. Secrets (root token, unseal key) never leave the lab's files.
 
+Fleet mode (issue 12; BENCH_TARGETS, default "lab"; "fleet" or "lab fleet"): for each N in
+BENCH_FLEET_APPS (default "2 8") a fleet of tests/fleet (a host of its own per Vault, proxy, admin
+and app: network namespace, systemd, sshd, user units) under BENCH_WORKDIR/fleet-N on
+10.212.BENCH_FLEET_NET.0/24 (default 20), the current tree's inventories/fleet over SSH with forks
+>= hosts (BENCH_FLEET_FORKS, else max(hosts, ANSIBLE_FORKS or 10)), the same kinds (restart at
+every N), cold SSH per run; the probers reach the listener and the proxy at the hosts' addresses
+through the fleet's bridge; the audit log is the server's own file on its host. Also recorded: the
+CPU the hosts spent (their cgroups, per host and role), the wall ratio largest/smallest N against
+the 1.5x target, and where the time grows (per phase, per task). The fleet goes down after its runs
+and the bench fails when Fleet.leftovers() finds anything left. No baseline (df581d1 has no fleet).
+Root only.
+
     .venv/bin/python bench/bench.py                              # = make bench (long: see docs/performance.md)
     BENCH_APPS=2 BENCH_KINDS=forced BENCH_RESTART=0 make bench   # the quickest look, with the baseline
+    BENCH_TARGETS=fleet make bench                               # the fleet alone: N = 2 and 8 app hosts
 """
 import json
 import os
@@ -63,7 +76,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 import lab as labmod  # noqa: E402  (tests/lab/lab.py)
 
-FORMAT = "privsec.vault_rotate.bench/v2"
+FORMAT = "privsec.vault_rotate.bench/v3"  # v3: runs and rows carry `target` (lab | fleet)
 PY = sys.executable
 BIN = Path(PY).parent
 PROBE = REPO / "tests" / "lab" / "probe.py"
@@ -81,6 +94,8 @@ PROBE_PATH = "/v1/sys/health"
 # timed and counted, only under another key.
 PHASE_NUMBERS = {"0": "preflight", "1": "admin_cert", "2": "server_tls", "3": "agent_login", "4": "app_leaf",
                  "5": "proxy_trust", "6": "restart", "7": "healthcheck"}
+TARGETS = ("lab", "fleet")
+COLLECTION_PREFIX = "privsec.vault_rotate."
 PHASE_WORDS = {"preflight": "preflight", "restart": "restart", "healthcheck": "healthcheck", "report": "report"}
 OUTSIDE = "(outside plays)"
 # Ansible settings that would make both trees load the same code or config.
@@ -306,6 +321,10 @@ class MemSampler(threading.Thread):
 # -- one lab per N, both trees run against it ------------------------------------
 
 class Bench:
+    """One private N-app lab (ansible_connection local, the `command` service backend)."""
+
+    target = "lab"
+
     def __init__(self, n, port_base, workdir, trees):
         """`trees`: every tree of the bench (each gets an inventory; paths are told apart against all)."""
         self.n = n
@@ -389,11 +408,16 @@ class Bench:
             if entry.name != "hosts.yml":
                 (inv / entry.name).symlink_to(entry)
 
-    def leaf_serials(self):
-        """Serials of every leaf certificate file the lab describes (CA files left out)."""
+    def cert_files(self):
+        """Every file the lab describes (controller paths); leaf_serials keeps the leaf certificates."""
         files = [v for v in self.info["paths"].values() if isinstance(v, str)]
         for app in self.info["app_paths"].values():
             files += [v for v in app.values() if isinstance(v, str)]
+        return files
+
+    def leaf_serials(self):
+        """Serials of every leaf certificate file the lab describes (CA files left out)."""
+        files = self.cert_files()
         serials = set()
         for f in files:
             if not f.endswith((".crt", ".pem")):
@@ -421,13 +445,38 @@ class Bench:
             return ["lab not answering before the run: %s" % exc]
         return []
 
-    # -- probes ------------------------------------------------------------
-    def _probe(self, action, name, port, out):
+    # -- what a run needs from its target ------------------------------------
+    def playbook_args(self, tree):
+        return ["-i", str(self.inv_dir(tree)), "playbooks/rotate_all.yml", "-l", "lab"]
+
+    def run_env(self, tree):
+        return dict(self.env)
+
+    def init_json(self):
+        """The server's init output (unseal key) on the controller, in a 0700 folder removed with the lab."""
+        return Path(self.info["paths"]["init_json"])
+
+    def probe_targets(self):
+        """name -> (address, port) the probers connect to from the controller."""
+        return {"listener": ("127.0.0.1", self.info["ports"]["vault"]),
+                "proxy": ("127.0.0.1", self.info["ports"]["proxy"])}
+
+    def admin_identity(self):
+        """(CA bundle, client cert, client key) of the admin, controller paths read by the probers."""
         paths = self.info["paths"]
+        return paths["admin_ca"], paths["admin_crt"], paths["admin_key"]
+
+    def before_run(self):
+        """Anything to reset before a run (the fleet closes its SSH masters); returns notes."""
+        return []
+
+    # -- probes ------------------------------------------------------------
+    def _probe(self, action, name, target, out):
         cmd = [PY, str(PROBE), action, "--pidfile", str(self.work / ("probe-%s.pid" % name))]
         if action == "start":
-            cmd += ["--port", str(port), "--server-name", self.info["tls_server_name"],
-                    "--ca", paths["admin_ca"], "--cert", paths["admin_crt"], "--key", paths["admin_key"],
+            ca, crt, key = self.admin_identity()
+            cmd += ["--host", target[0], "--port", str(target[1]), "--server-name", self.info["tls_server_name"],
+                    "--ca", str(ca), "--cert", str(crt), "--key", str(key),
                     "--interval", str(PROBE_INTERVAL_S), "--http-path", PROBE_PATH,
                     "--max-seconds", str(self.run_timeout + 300),
                     "--out", str(out)]
@@ -437,42 +486,44 @@ class Bench:
 
     # -- one run -----------------------------------------------------------
     def run(self, tree, kind, rep):
-        tag = "n%d-%s-%s-%d" % (self.n, kind, tree.side, rep)
+        tag = ("" if self.target == "lab" else self.target + "-") + "n%d-%s-%s-%d" % (self.n, kind, tree.side, rep)
         timer_out = self.work / ("timer-%s.json" % tag)
         timer_out.unlink(missing_ok=True)
         log = self.work / ("run-%s.log" % tag)
-        args = [str(BIN / "ansible-playbook"), "-i", str(self.inv_dir(tree)), "playbooks/rotate_all.yml", "-l", "lab"]
+        args = [str(BIN / "ansible-playbook")] + self.playbook_args(tree)
         if kind in ("forced", "restart"):
             args += ["-e", "vault_rotate_force=true"]
         if kind == "restart":
-            keys = json.loads(Path(self.info["paths"]["init_json"]).read_text())
-            kf = Path(self.info["paths"]["init_json"]).parent / "bench-unseal.json"  # 0700, purged with the lab
+            keys = json.loads(self.init_json().read_text())
+            kf = self.init_json().parent / "bench-unseal.json"  # 0700, purged with the lab
             kf.touch(mode=0o600)
             kf.chmod(0o600)
             kf.write_text(json.dumps({"vault_rotate_unseal_keys": keys.get("keys_base64") or keys.get("unseal_keys_b64"),
                                       "vault_rotate_restart_vault": "always"}))
             args += ["-e", "@%s" % kf]
-        fixups = self.ensure_ready()
+        fixups = self.ensure_ready() + self.before_run()
         serials_before = self.leaf_serials()
-        probes = {"listener": self.info["ports"]["vault"], "proxy": self.info["ports"]["proxy"]}
+        probes = self.probe_targets()
         outs = {name: self.work / ("probe-%s-%s.json" % (tag, name)) for name in probes}
         load0 = os.getloadavg()
         started = []
         try:
-            for name, port in probes.items():
-                self._probe("start", name, port, outs[name])
+            for name, target in probes.items():
+                self._probe("start", name, target, outs[name])
                 started.append(name)
             audit_from = self.audit_log.stat().st_size if self.audit_log.exists() else 0
             t0 = time.time()
+            busy0 = machine_busy_s()
             ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            rc, mem = self._playbook(args, tree, dict(self.env, BENCH_TIMER_OUT=str(timer_out)), log)
+            rc, mem = self._playbook(args, tree, dict(self.run_env(tree), BENCH_TIMER_OUT=str(timer_out)), log)
             wall = time.time() - t0
             ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            busy = machine_busy_s() - busy0
             time.sleep(0.3)
         finally:
             probe = {}
             for name in started:
-                self._probe("stop", name, 0, outs[name])
+                self._probe("stop", name, None, outs[name])
                 probe[name] = json.loads(outs[name].read_text())
         # CPU seconds of ansible-playbook and every worker/module it waited for:
         # unlike wall time, barely inflated when other jobs share the cores.
@@ -480,13 +531,16 @@ class Bench:
         timer = json.loads(timer_out.read_text()) if timer_out.exists() else {}
         windows = self._windows(timer)
         rotated = len(self.leaf_serials() - serials_before)
-        res = {"n": self.n, "kind": kind, "side": tree.side, "rep": rep, "rc": rc, "wall_s": round(wall, 2),
-               "controller_cpu_s": round(cpu, 2), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
+        res = {"target": self.target, "n": self.n, "kind": kind, "side": tree.side, "rep": rep, "rc": rc,
+               "wall_s": round(wall, 2), "timer": str(timer_out),
+               "controller_cpu_s": round(cpu, 2), "machine_busy_cpu_s": round(busy, 2),
+               "loadavg_start": load0, "loadavg_end": os.getloadavg(),
                "log": str(log), "lab_fixups": fixups,
                "peak_pss_mb": round(mem.peak_pss_kb / 1024.0, 1), "peak_rss_mb": round(mem.peak_rss_kb / 1024.0, 1),
                "peak_procs": mem.peak_procs, "mem_samples": mem.samples, "mem_sampler_cpu_s": round(mem.cpu_s, 2),
                "tasks_executed": timer.get("tasks_executed"), "tasks_started": timer.get("tasks_started"),
                "host_results": timer.get("host_results"), "phases_s": self._phases(timer),
+               "task_times": task_times(timer),
                "rotated_slots": rotated, "vault": self._audit(audit_from, windows, rotated),
                "loaded": loaded_from(timer, tree, self.trees),
                "probes": {k: self._probe_view(v) for k, v in probe.items()}}
@@ -645,6 +699,235 @@ class Bench:
         return view
 
 
+# -- one fleet per N: the same runs over SSH on hosts of their own ------------------
+
+def machine_busy_s():
+    """CPU seconds the whole machine spent busy (every core, /proc/stat): with the run's wall time
+    it says how much of the 2 cores the run had (others' jobs share them)."""
+    with open("/proc/stat") as fh:
+        vals = [int(x) for x in fh.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    return (sum(vals[:8]) - idle) / float(os.sysconf("SC_CLK_TCK"))
+
+
+def cgroup_cpu_s(path):
+    """usage_usec of a cgroup v2 folder (every process of its subtree), in seconds; None when absent."""
+    try:
+        with open(Path(path) / "cpu.stat") as fh:
+            for line in fh:
+                if line.startswith("usage_usec "):
+                    return int(line.split()[1]) / 1e6
+    except OSError:
+        pass
+    return None
+
+
+class FleetBench(Bench):
+    """One fleet of N app hosts (tests/fleet: network namespaces, systemd as PID 1, sshd, user
+    units), the current tree's inventories/fleet over SSH, forks >= hosts.
+
+    Each run starts with cold SSH (the ControlPersist masters of the previous run are closed, as
+    a fresh AWX job would start); the masters live in a private control folder. Besides what a lab
+    run records: the CPU time the fleet's hosts spent (their cgroups: modules, sshd, sudo,
+    services), since on this machine every host shares the controller's cores."""
+
+    target = "fleet"
+
+    def __init__(self, n, net, workdir, trees, tree, forks=None):
+        self.n, self.net = n, net
+        self.apps = app_names(n)
+        self.dir = workdir / ("fleet-%d" % n)
+        self.work = workdir
+        self.trees = trees
+        self.tree = tree
+        self.hosts = n + 3  # admin, vault, proxy, one per app
+        self.forks = forks or max(self.hosts, int(os.environ.get("ANSIBLE_FORKS") or 10))
+        self.lab = None
+        self.leftovers = []
+        self.last_rc = 0
+        self.cp_dir = None
+        env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV and k not in ("FLEET_APPS", "FLEET_NET")}
+        self.env = dict(env, FLEET_DIR=str(self.dir), PATH="%s:%s" % (BIN, os.environ["PATH"]),
+                        ANSIBLE_CALLBACK_PLUGINS=str(CALLBACKS), ANSIBLE_CALLBACKS_ENABLED="bench_timer",
+                        ANSIBLE_FORCE_COLOR="0", ANSIBLE_FORKS=str(self.forks))
+        self.run_timeout = float(os.environ.get("BENCH_RUN_TIMEOUT", "3600"))
+
+    @staticmethod
+    def module():
+        if str(REPO / "tests" / "fleet") not in sys.path:
+            sys.path.insert(0, str(REPO / "tests" / "fleet"))
+        import fleet
+        return fleet
+
+    def up(self):
+        fleet = self.module()
+        if self.dir.exists():  # a fleet an interrupted bench left: its own apps and net
+            stored = json.loads((self.dir / "fleet.json").read_text()) if (self.dir / "fleet.json").exists() else {}
+            old = fleet.Fleet(dir=self.dir, apps=stored.get("apps") or self.apps, net=stored.get("net") or self.net)
+            old.down(purge=True, log=lambda _m: None)
+            if self.dir.exists():
+                shutil.rmtree(self.dir)
+        self.lab = fleet.Fleet(apps=list(self.apps), dir=self.dir, net=self.net)
+        t0 = time.monotonic()
+        self.lab.up(log=lambda _m: None)
+        self.up_s = round(time.monotonic() - t0, 1)
+        self.info = self.lab.info
+        # a short private folder for ssh's ControlPath (a unix socket path has a length limit)
+        import tempfile
+        self.cp_dir = Path(tempfile.mkdtemp(prefix="vrbench-cp-"))
+        self.env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(self.cp_dir)
+        # The audit device: a file in the server's own logs folder on its host (written by the
+        # service user), read here through the host's folder; same clock (one kernel).
+        self.audit_log = self.lab.p["vault_logs"] / "audit.log"
+        hcl = self.lab.p["vault_config"]
+        hcl.write_text(hcl.read_text() + '\naudit "file" "bench" {\n  options {\n    file_path = "%s"\n  }\n}\n'
+                       % self.lab.hp(self.audit_log))
+        self.lab.reload_unit("container-vaultprod")
+        for _ in range(100):
+            if self.audit_log.exists():
+                break
+            self.lab.api("GET", "/v1/sys/seal-status")
+            time.sleep(0.1)
+        else:
+            raise SystemExit("bench: the fleet's audit device did not come up (%s)" % self.audit_log)
+
+    def close_ssh(self):
+        """Close the SSH masters (ControlPersist) the runs left: the next run starts cold, and
+        nothing of ours holds a connection to the hosts when they go down."""
+        closed = 0
+        if self.cp_dir and self.cp_dir.exists():
+            for sock in self.cp_dir.iterdir():
+                out = subprocess.run(["ssh", "-o", "ControlPath=%s" % sock, "-O", "exit", "fleet-host"],
+                                     capture_output=True, text=True, timeout=15, check=False)
+                closed += out.returncode == 0
+                sock.unlink(missing_ok=True)
+        return closed
+
+    def down(self, purge=False):
+        """Close SSH, power every host off, remove what the fleet made; self.leftovers = what is left."""
+        if self.lab is None:
+            return
+        self.close_ssh()
+        if self.cp_dir:
+            shutil.rmtree(self.cp_dir, ignore_errors=True)
+        self.lab.down(purge=purge, log=lambda _m: None)
+        deadline = time.monotonic() + 10  # a process of a host may need a moment to go
+        while True:
+            self.leftovers = self.lab.leftovers()
+            if not self.leftovers or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+
+    def playbook_args(self, tree):
+        return ["-i", str(tree.root / "inventories" / "fleet"), "playbooks/rotate_all.yml", "-l", "fleet"]
+
+    def init_json(self):
+        return self.lab.p["init_json"]
+
+    def probe_targets(self):
+        hosts, ports = self.info["hosts"], self.info["ports"]
+        return {"listener": (hosts["fleet-vaultprod"]["address"], ports["vault"]),
+                "proxy": (self.info["endpoints"]["proxy"]["host"], self.info["endpoints"]["proxy"]["port"])}
+
+    def admin_identity(self):
+        p = self.lab.p
+        return p["admin_ca"], p["admin_crt"], p["admin_key"]
+
+    def cert_files(self):
+        p = self.lab.p
+        secret = ("root_key", "int_key", "init_json")
+        files = [str(v) for k, v in p.items() if isinstance(v, Path) and k not in secret]
+        for a in p["apps"].values():
+            files += [str(v) for v in a.values() if isinstance(v, Path)]
+        return files
+
+    def ensure_ready(self):
+        did = Bench.ensure_ready(self)
+        if self.last_rc:  # a failed run may leave a unit stopped
+            for u in self.lab.units():
+                if not self.lab.unit_pid(u["name"]):
+                    did.append(self.lab.start_unit(u["name"]))
+        return did
+
+    def before_run(self):
+        closed = self.close_ssh()
+        self._cpu0 = self.host_cpu()
+        return ["closed %d SSH masters of the previous run" % closed] if closed else []
+
+    def host_cpu(self):
+        out = {}
+        for h in self.lab.hosts.values():
+            out[h.name] = cgroup_cpu_s(h.cgroups[1])
+        return out
+
+    def run(self, tree, kind, rep):
+        res = Bench.run(self, tree, kind, rep)
+        cpu1 = self.host_cpu()
+        per = {h: round(cpu1[h] - self._cpu0[h], 2) for h in cpu1
+               if cpu1.get(h) is not None and self._cpu0.get(h) is not None}
+        roles = {}
+        for h in self.lab.hosts.values():
+            if h.name in per:
+                key = "apps" if h.role == "app" else h.role
+                roles[key] = round(roles.get(key, 0.0) + per[h.name], 2)
+        res["fleet"] = {"hosts": self.hosts, "forks": self.forks, "up_s": self.up_s,
+                        "hosts_cpu_s": round(sum(per.values()), 2) if per else None, "host_cpu_s": per,
+                        "hosts_cpu_by_role_s": roles}
+        self.last_rc = res["rc"]
+        return res
+
+
+def task_times(timer):
+    """Per task (phase | task name | action): [occurrences, summed seconds, summed host results]."""
+    out = {}
+    for t in timer.get("tasks", []):
+        key = "%s | %s | %s" % (phase_key(t.get("play", "")), t["name"], t["action"])
+        acc = out.setdefault(key, [0, 0.0, 0])
+        acc[0] += 1
+        acc[1] = round(acc[1] + (t.get("dur") or 0.0), 3)
+        acc[2] += t.get("hosts", 0)
+    return out
+
+
+def growth(runs, top=12):
+    """Where the time grows from the smallest to the largest N (current tree, per target and kind):
+    per phase and per task (summed over its occurrences, averaged over the repetitions)."""
+    out = []
+    groups = {}
+    for r in runs:
+        if r["side"] == "current" and r.get("task_times"):
+            groups.setdefault((r["target"], r["kind"]), {}).setdefault(r["n"], []).append(r)
+    for (target, kind), by_n in sorted(groups.items()):
+        if len(by_n) < 2:
+            continue
+        lo, hi = min(by_n), max(by_n)
+
+        def mean(rs, field):
+            acc = {}
+            for r in rs:
+                for k, v in r[field].items():
+                    acc.setdefault(k, []).append(v)
+            return acc
+
+        tl, th = mean(by_n[lo], "task_times"), mean(by_n[hi], "task_times")
+        rows = []
+        for k in set(tl) | set(th):
+            a = [statistics.mean(x[i] for x in tl[k]) if k in tl else 0 for i in range(3)]
+            b = [statistics.mean(x[i] for x in th[k]) if k in th else 0 for i in range(3)]
+            rows.append({"task": k, "count": [a[0], b[0]], "s": [round(a[1], 2), round(b[1], 2)],
+                         "host_results": [a[2], b[2]], "delta_s": round(b[1] - a[1], 2)})
+        rows.sort(key=lambda x: -x["delta_s"])
+        pl, ph = mean(by_n[lo], "phases_s"), mean(by_n[hi], "phases_s")
+        phases = {k: [round(statistics.mean(pl.get(k, [0])), 2), round(statistics.mean(ph.get(k, [0])), 2)]
+                  for k in dict.fromkeys(list(pl) + list(ph))}
+        wl = statistics.median(r["wall_s"] for r in by_n[lo])
+        wh = statistics.median(r["wall_s"] for r in by_n[hi])
+        out.append({"target": target, "kind": kind, "n_from": lo, "n_to": hi, "wall_s": [wl, wh],
+                    "tasks_delta_s": round(sum(x["delta_s"] for x in rows), 2), "phases_s": phases,
+                    "top_tasks": rows[:top]})
+    return out
+
+
 # -- summary and table ------------------------------------------------------------
 
 def machine():
@@ -669,17 +952,20 @@ def _median(values):
 def summarize(runs):
     groups = {}
     for r in runs:
-        groups.setdefault((r["n"], r["kind"], r["side"]), []).append(r)
+        groups.setdefault((r.get("target", "lab"), r["n"], r["kind"], r["side"]), []).append(r)
     rows = []
-    for (n, kind, side), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "current")):
+    for (target, n, kind, side), rs in sorted(groups.items(), key=lambda kv: (
+            TARGETS.index(kv[0][0]), kv[0][1], kv[0][2], kv[0][3] != "current")):
         walls = [r["wall_s"] for r in rs]
         phase_keys = list(dict.fromkeys(k for r in rs for k in r["phases_s"]))
         vault_keys = list(dict.fromkeys(k for r in rs for k in r["vault"]["phases"]))
-        row = {"n": n, "kind": kind, "side": side, "reps": len(rs), "ok": all(r["rc"] == 0 for r in rs),
+        row = {"target": target, "n": n, "kind": kind, "side": side, "reps": len(rs),
+               "ok": all(r["rc"] == 0 for r in rs),
                "loaded_ok": all(r["loaded"]["ok"] for r in rs),
                "collection": sorted({r["loaded"]["collection"] or "?" for r in rs}),
                "wall_median_s": round(statistics.median(walls), 2), "wall_min_s": min(walls), "wall_max_s": max(walls),
                "cpu_median_s": _median(r.get("controller_cpu_s") for r in rs),
+               "machine_busy_median_s": _median(r.get("machine_busy_cpu_s") for r in rs),
                "tasks": _median(r["tasks_executed"] for r in rs),
                "vault_requests": _median(r["vault"]["requests"] for r in rs),
                "issue_sign": _median(r["vault"]["issue_sign"] for r in rs),
@@ -699,6 +985,14 @@ def summarize(runs):
                "vault_phases_median": {k: {m: _median(r["vault"]["phases"].get(k, {}).get(m, 0) for r in rs)
                                            for m in ("requests", "issue_sign", "logins", "admin_logins")}
                                        for k in vault_keys}}
+        if target == "fleet":
+            row["fleet_hosts"] = rs[0]["fleet"]["hosts"]
+            row["forks"] = rs[0]["fleet"]["forks"]
+            row["fleet_up_s"] = rs[0]["fleet"]["up_s"]
+            row["hosts_cpu_median_s"] = _median(r["fleet"]["hosts_cpu_s"] for r in rs)
+            row["hosts_cpu_by_role_median_s"] = {
+                k: _median(r["fleet"]["hosts_cpu_by_role_s"].get(k) for r in rs)
+                for k in ("admin", "vault", "proxy", "apps")}
         if kind == "restart":
             row["listener_outage_ms"] = max(r["restart"]["outage_ms"] for r in rs)
             row["ready_detect_lag_ms"] = _median(r["restart"].get("ready_detect_lag_ms") for r in rs)
@@ -710,6 +1004,8 @@ def summarize(runs):
 
 
 RATIO_FIELDS = ("wall_median_s", "cpu_median_s", "tasks", "vault_requests", "logins", "peak_pss_mb", "peak_rss_mb")
+# issue 12: fleet wall time from 2 to 8 app hosts grows by at most this factor (forks >= hosts)
+FLEET_TARGET_RATIO = 1.5
 
 
 def ratio(a, b):
@@ -718,30 +1014,41 @@ def ratio(a, b):
 
 def compare(rows):
     """current / baseline per (N, kind), for the fields where smaller is better."""
-    by = {(r["n"], r["kind"], r["side"]): r for r in rows}
+    by = {(r["target"], r["n"], r["kind"], r["side"]): r for r in rows}
     out = []
-    for (n, kind, side), cur in by.items():
-        base = by.get((n, kind, "baseline"))
+    for (target, n, kind, side), cur in by.items():
+        base = by.get((target, n, kind, "baseline"))
         if side == "current" and base:
-            out.append(dict({"n": n, "kind": kind}, **{f: ratio(cur[f], base[f]) for f in RATIO_FIELDS},
+            out.append(dict({"target": target, "n": n, "kind": kind},
+                            **{f: ratio(cur[f], base[f]) for f in RATIO_FIELDS},
                             phases_s={k: ratio(v, base["phases_median_s"].get(k))
                                       for k, v in cur["phases_median_s"].items()}))
     return out
 
 
 def slopes(rows):
-    """Seconds per extra app between the smallest and the largest N measured, per side and kind."""
+    """Seconds per extra app and the ratio largest/smallest N (wall, CPU, tasks), per target, side and kind;
+    for the fleet the ratio is held against issue 12's target (FLEET_TARGET_RATIO)."""
     out = []
     groups = {}
     for r in rows:
-        groups.setdefault((r["side"], r["kind"]), []).append(r)
-    for (side, kind), rs in sorted(groups.items()):
+        groups.setdefault((r["target"], r["side"], r["kind"]), []).append(r)
+    for (target, side, kind), rs in sorted(groups.items(), key=lambda kv: (TARGETS.index(kv[0][0]), kv[0][1:])):
         rs = sorted(rs, key=lambda r: r["n"])
         if len(rs) >= 2:
             lo, hi = rs[0], rs[-1]
-            out.append({"side": side, "kind": kind, "n_from": lo["n"], "n_to": hi["n"],
-                        "s_per_app": round((hi["wall_median_s"] - lo["wall_median_s"]) / (hi["n"] - lo["n"]), 3),
-                        "pss_mb_per_app": round((hi["peak_pss_mb"] - lo["peak_pss_mb"]) / (hi["n"] - lo["n"]), 2)})
+            sl = {"target": target, "side": side, "kind": kind, "n_from": lo["n"], "n_to": hi["n"],
+                  "wall_s": [lo["wall_median_s"], hi["wall_median_s"]],
+                  "s_per_app": round((hi["wall_median_s"] - lo["wall_median_s"]) / (hi["n"] - lo["n"]), 3),
+                  "pss_mb_per_app": round((hi["peak_pss_mb"] - lo["peak_pss_mb"]) / (hi["n"] - lo["n"]), 2),
+                  "wall_ratio": ratio(hi["wall_median_s"], lo["wall_median_s"]),
+                  "cpu_ratio": ratio(hi["cpu_median_s"], lo["cpu_median_s"]),
+                  "tasks_ratio": ratio(hi["tasks"], lo["tasks"])}
+            if target == "fleet":
+                sl["hosts_cpu_ratio"] = ratio(hi.get("hosts_cpu_median_s"), lo.get("hosts_cpu_median_s"))
+                sl["target_ratio"] = FLEET_TARGET_RATIO
+                sl["target_met"] = sl["wall_ratio"] is not None and sl["wall_ratio"] <= FLEET_TARGET_RATIO
+            out.append(sl)
     return out
 
 
@@ -755,47 +1062,83 @@ def _x(v):
 
 def table(result):
     rows, cmp_rows = result["summary"], result["compare"]
-    head = ("N", "kind", "side", "reps", "wall med", "min..max", "cpu", "tasks", "req", "sign", "slots", "iss/slot",
-            "logins", "adm/ph", "PSS MB", "RSS MB", "lsn fail", "lsn gap", "prx fail", "prx gap", "load")
-    fmt = "%-3s %-7s %-8s %4s %9s %13s %6s %5s %5s %4s %5s %8s %6s %6s %6s %6s %8s %8s %8s %8s %9s"
+    head = ("tgt", "N", "kind", "side", "reps", "wall med", "min..max", "cpu", "tasks", "req", "sign", "slots",
+            "iss/slot", "logins", "adm/ph", "PSS MB", "RSS MB", "lsn fail", "lsn gap", "prx fail", "prx gap", "load")
+    fmt = "%-5s %-3s %-7s %-8s %4s %9s %13s %6s %5s %5s %4s %5s %8s %6s %6s %6s %6s %8s %8s %8s %8s %9s"
     lines = [fmt % head]
-    cmp_by = {(c["n"], c["kind"]): c for c in cmp_rows}
+    cmp_by = {(c["target"], c["n"], c["kind"]): c for c in cmp_rows}
     for r in rows:
         lines.append(fmt % (
-            r["n"], r["kind"], r["side"], r["reps"], "%.1fs" % r["wall_median_s"],
+            r["target"], r["n"], r["kind"], r["side"], r["reps"], "%.1fs" % r["wall_median_s"],
             "%.1f..%.1f" % (r["wall_min_s"], r["wall_max_s"]), _f(r["cpu_median_s"], "%.0fs"), _f(r["tasks"], "%d"),
             _f(r["vault_requests"], "%d"), _f(r["issue_sign"], "%d"), _f(r["rotated_slots"], "%d"),
             _f(r["issue_per_slot"], "%.2f"), _f(r["logins"], "%d"), r["admin_logins_max_per_phase"],
             "%.0f" % r["peak_pss_mb"], "%.0f" % r["peak_rss_mb"], r["listener_fail"], "%.0fms" % r["listener_max_gap_ms"],
             r["proxy_fail"], "%.0fms" % r["proxy_max_gap_ms"], "%.1f-%.1f" % tuple(r["loadavg_1m"])))
-        c = cmp_by.get((r["n"], r["kind"]))
+        c = cmp_by.get((r["target"], r["n"], r["kind"]))
         if c and r["side"] == "baseline":
-            lines.append(fmt % (r["n"], r["kind"], "cur/base", "", _x(c["wall_median_s"]), "", _x(c["cpu_median_s"]),
+            lines.append(fmt % (r["target"], r["n"], r["kind"], "cur/base", "", _x(c["wall_median_s"]), "",
+                                _x(c["cpu_median_s"]),
                                 _x(c["tasks"]), _x(c["vault_requests"]), "", "", "", _x(c["logins"]), "",
                                 _x(c["peak_pss_mb"]), _x(c["peak_rss_mb"]), "", "", "", "", ""))
     for r in rows:
         if r.get("warning"):
-            lines.append("WARNING N=%d %s %s: %s" % (r["n"], r["kind"], r["side"], r["warning"]))
+            lines.append("WARNING %s N=%d %s %s: %s" % (r["target"], r["n"], r["kind"], r["side"], r["warning"]))
         if not r["ok"]:
-            lines.append("WARNING N=%d %s %s: a run failed (rc != 0): see its log in the JSON" % (r["n"], r["kind"], r["side"]))
+            lines.append("WARNING %s N=%d %s %s: a run failed (rc != 0): see its log in the JSON"
+                         % (r["target"], r["n"], r["kind"], r["side"]))
+    fleet_rows = [r for r in rows if r["target"] == "fleet"]
+    if fleet_rows:
+        lines.append("")
+        lines.append("fleet (hosts of their own over SSH, all on this machine's cores): hosts cpu = CPU the hosts "
+                     "spent (modules, sshd, sudo, services, the probers' handshakes on vault and proxy); busy = the "
+                     "whole machine's busy CPU during the run, everyone's")
+        for r in fleet_rows:
+            roles = r["hosts_cpu_by_role_median_s"]
+            lines.append("  N=%-3d %-7s hosts %2d forks %2d  wall %6.1fs  controller cpu %5s  hosts cpu %5s "
+                         "(apps %s = %s/app, vault %s, proxy %s, admin %s)  busy %s of %.0fs x %d cores  "
+                         "(fleet up %.0fs)" % (
+                             r["n"], r["kind"], r["fleet_hosts"], r["forks"], r["wall_median_s"],
+                             _f(r["cpu_median_s"], "%.1fs"), _f(r["hosts_cpu_median_s"], "%.1fs"),
+                             _f(roles["apps"], "%.1f"), _f(roles["apps"] and roles["apps"] / r["n"], "%.1f"),
+                             _f(roles["vault"], "%.1f"), _f(roles["proxy"], "%.1f"), _f(roles["admin"], "%.1f"),
+                             _f(r["machine_busy_median_s"], "%.0fs"), r["wall_median_s"], os.cpu_count() or 1,
+                             r["fleet_up_s"]))
     sl = result["slopes"]
     if sl:
         lines.append("")
-        lines.append("scaling (wall s and PSS MB per extra app, smallest to largest N):")
+        lines.append("scaling (smallest to largest N: wall ratio, s and PSS MB per extra app):")
         for s in sl:
-            lines.append("  %-8s %-7s N=%d..%d  %.2f s/app  %.1f MB/app" % (
-                s["side"], s["kind"], s["n_from"], s["n_to"], s["s_per_app"], s["pss_mb_per_app"]))
+            verdict = ""
+            if "target_met" in s:
+                verdict = "  target <= %.1fx: %s; hosts cpu %s" % (s["target_ratio"], "met" if s["target_met"]
+                                                                   else "MISSED", _x(s["hosts_cpu_ratio"]))
+            lines.append("  %-5s %-8s %-7s N=%d..%d  wall %.1f -> %.1f s = %s (cpu %s, tasks %s)  %.2f s/app  "
+                         "%.1f MB/app%s" % (s["target"], s["side"], s["kind"], s["n_from"], s["n_to"], s["wall_s"][0],
+                                            s["wall_s"][1], _x(s["wall_ratio"]), _x(s["cpu_ratio"]),
+                                            _x(s["tasks_ratio"]), s["s_per_app"], s["pss_mb_per_app"], verdict))
+    for g in result.get("growth", []):
+        if g["target"] != "fleet":
+            continue  # the lab's are in the JSON (growth)
+        lines.append("")
+        lines.append("fleet %s: where the time grows from N=%d to N=%d (wall %.1f -> %.1f s; task waves %+.1f s in all)"
+                     % (g["kind"], g["n_from"], g["n_to"], g["wall_s"][0], g["wall_s"][1], g["tasks_delta_s"]))
+        lines.append("  phases: " + "  ".join("%s %.1f->%.1f" % (k, v[0], v[1]) for k, v in g["phases_s"].items()))
+        for t in g["top_tasks"][:8]:
+            lines.append("  %+6.1fs  %5.1f -> %5.1f s  x%g -> x%g, host results %g -> %g  %s" % (
+                t["delta_s"], t["s"][0], t["s"][1], t["count"][0], t["count"][1], t["host_results"][0],
+                t["host_results"][1], t["task"].replace(COLLECTION_PREFIX, "")))
     lines.append("")
     lines.append("per phase (median): s = play time, req = Vault requests, sign = sign/issue, login = cert logins, "
                  "adm = admin logins")
     groups = {}
     for r in rows:
-        groups.setdefault((r["n"], r["kind"]), {})[r["side"]] = r
-    for (n, kind), sides in groups.items():
+        groups.setdefault((r["target"], r["n"], r["kind"]), {})[r["side"]] = r
+    for (target, n, kind), sides in groups.items():
         order = [s for s in ("current", "baseline") if s in sides]
         keys = list(dict.fromkeys(k for s in order for k in list(sides[s]["phases_median_s"]) +
                                   list(sides[s]["vault_phases_median"])))
-        lines.append("  N=%d %s" % (n, kind))
+        lines.append("  %s N=%d %s" % (target, n, kind))
         lines.append("    %-16s" % "phase" + "".join("| %-8s %6s %4s %4s %5s %3s " % (s, "s", "req", "sign", "login", "adm")
                                                   for s in order) + ("| cur/base s" if len(order) == 2 else ""))
         for k in keys:
@@ -812,9 +1155,9 @@ def table(result):
             lines.append("    %-16s" % k + "".join(cells) + tail)
     for r in rows:
         if r["kind"] == "restart":
-            lines.append("  N=%d restart %s: listener outage %.0f ms, readiness seen %s ms after the first good answer (%s)"
-                         % (r["n"], r["side"], r["listener_outage_ms"], _f(r["ready_detect_lag_ms"], "%.0f"),
-                            ", ".join(r["ready_source"])))
+            lines.append("  %s N=%d restart %s: listener outage %.0f ms, readiness seen %s ms after the first good "
+                         "answer (%s)" % (r["target"], r["n"], r["side"], r["listener_outage_ms"],
+                                          _f(r["ready_detect_lag_ms"], "%.0f"), ", ".join(r["ready_source"])))
     lines.append("")
     for side, tree in result["trees"].items():
         rs = [r for r in rows if r["side"] == side]
@@ -832,7 +1175,13 @@ def save_copy(out, result):
     dest_dir = REPO / "bench" / "results"
     dest_dir.mkdir(exist_ok=True)
     stamp = result["started"]  # 20261129T193500Z
-    name = "%s-%s-%s-n%s" % (stamp[:4], stamp[4:6], stamp[6:8], "-".join(str(n) for n in result["config"]["apps"]))
+    cfg = result["config"]
+    parts = []
+    if "lab" in cfg.get("targets", ["lab"]):
+        parts.append("n%s" % "-".join(str(n) for n in cfg["apps"]))
+    if "fleet" in cfg.get("targets", []):
+        parts.append("fleet-n%s" % "-".join(str(n) for n in cfg["fleet_apps"]))
+    name = "%s-%s-%s-%s" % (stamp[:4], stamp[4:6], stamp[6:8], "-".join(parts))
     if "baseline" in result["trees"]:
         name += "-vs-%s" % result["trees"]["baseline"]["sha"][:7]
     dest = dest_dir / (name + ".json")
@@ -842,8 +1191,25 @@ def save_copy(out, result):
     return dest
 
 
+def _sigterm(signum, _frame):
+    """A bench stopped from outside still brings its lab or fleet down (the finally blocks)."""
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
 def main():
-    ns = [int(x) for x in env_list("BENCH_APPS", "2 8 32")]
+    targets = env_list("BENCH_TARGETS", "lab")
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        raise SystemExit("bench: BENCH_TARGETS=%r: the targets are %s (default: lab)"
+                         % (os.environ.get("BENCH_TARGETS"), " and ".join(TARGETS)))
+    if "fleet" in targets and os.geteuid() != 0:
+        raise SystemExit("bench: the fleet needs root (network namespaces, mounts, cgroups): run as root, "
+                         "or BENCH_TARGETS=lab")
+    signal.signal(signal.SIGTERM, _sigterm)
+    ns = [int(x) for x in env_list("BENCH_APPS", "2 8 32")] if "lab" in targets else []
+    fleet_ns = [int(x) for x in env_list("BENCH_FLEET_APPS", "2 8")] if "fleet" in targets else []
+    fleet_net = int(os.environ.get("BENCH_FLEET_NET", "20"))
+    fleet_forks = int(os.environ["BENCH_FLEET_FORKS"]) if os.environ.get("BENCH_FLEET_FORKS") else None
     base_ns = [int(x) for x in env_list("BENCH_BASELINE_APPS", "2")]
     reps = int(os.environ.get("BENCH_REPS", "1"))
     kinds = env_list("BENCH_KINDS", "forced noop")
@@ -854,13 +1220,15 @@ def main():
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(os.environ.get("BENCH_OUT", str(workdir / ("bench-%s.json" % stamp))))
     trees = [current_tree()]
-    ref = baseline_ref()
+    ref = baseline_ref() if ns else None  # the baseline runs on the lab only (df581d1 has no fleet)
     if ref:
         trees.append(baseline_tree(ref, workdir))
     for tree in trees:
         print("bench: %s" % tree.describe(), flush=True)
     result = {"format": FORMAT, "started": stamp, "machine": machine(),
-              "config": {"apps": ns, "baseline_apps": base_ns if ref else [], "reps": reps, "kinds": kinds,
+              "config": {"targets": targets, "apps": ns, "fleet_apps": fleet_ns, "fleet_net": fleet_net,
+                         "fleet_forks": fleet_forks or "max(hosts, ANSIBLE_FORKS or 10)",
+                         "baseline_apps": base_ns if ref else [], "reps": reps, "kinds": kinds,
                          "restart": restart, "port_base": port_base, "baseline_ref": ref,
                          "run_timeout_s": float(os.environ.get("BENCH_RUN_TIMEOUT", "3600"))},
               "trees": {t.side: t.as_json() for t in trees}, "runs": []}
@@ -869,6 +1237,7 @@ def main():
         result["summary"] = summarize(result["runs"])
         result["compare"] = compare(result["summary"])
         result["slopes"] = slopes(result["summary"])
+        result["growth"] = growth(result["runs"])
         result["machine"]["loadavg_end"] = os.getloadavg()
         out.write_text(json.dumps(result, indent=1))
         shutil.copyfile(out, workdir / "latest.json")
@@ -877,9 +1246,11 @@ def main():
         result["runs"].append(r)
         save()
         v = r["vault"]
-        print("bench: N=%d %-7s #%d %-8s rc=%d %.1fs cpu=%.0fs tasks=%s vault=%d sign=%d/%d slots PSS=%.0fMB "
+        print("bench: %s N=%d %-7s #%d %-8s rc=%d %.1fs cpu=%.0fs%s tasks=%s vault=%d sign=%d/%d slots PSS=%.0fMB "
               "lsn_fail=%s prx_fail=%s load=%.1f %s%s" % (
-                  r["n"], r["kind"], r["rep"], r["side"], r["rc"], r["wall_s"], r["controller_cpu_s"],
+                  r["target"], r["n"], r["kind"], r["rep"], r["side"], r["rc"], r["wall_s"], r["controller_cpu_s"],
+                  " hosts_cpu=%.0fs" % r["fleet"]["hosts_cpu_s"] if (r.get("fleet") or {}).get("hosts_cpu_s")
+                  is not None else "",
                   r["tasks_executed"], v["requests"], v["issue_sign"], r["rotated_slots"], r["peak_pss_mb"],
                   r["probes"]["listener"]["failures"], r["probes"]["proxy"]["failures"], r["loadavg_end"][0],
                   "collection " + str(r["loaded"]["collection"]) if r["loaded"]["ok"] else
@@ -905,6 +1276,27 @@ def main():
                     record(b.run(tree, "restart", 1))
         finally:
             b.down(purge=os.environ.get("BENCH_KEEP") is None)
+    # The fleet: the current tree only (the baseline predates the fleet inventory), forks >= hosts.
+    result["fleet_leftovers"] = {}
+    for n in fleet_ns:
+        b = FleetBench(n, fleet_net, workdir, trees, trees[0], forks=fleet_forks)
+        print("bench: fleet N=%d: up (%s, %d hosts, 10.212.%d.0/24, forks %d)" % (n, b.dir, b.hosts, fleet_net,
+                                                                                    b.forks), flush=True)
+        try:
+            b.up()
+            print("bench: fleet N=%d: up in %.1f s" % (n, b.up_s), flush=True)
+            for rep in range(1, reps + 1):
+                for kind in kinds:
+                    record(b.run(trees[0], kind, rep))
+            if restart:
+                record(b.run(trees[0], "restart", 1))
+        finally:
+            t0 = time.monotonic()
+            b.down(purge=os.environ.get("BENCH_KEEP") is None)
+            result["fleet_leftovers"][str(n)] = b.leftovers
+            print("bench: fleet N=%d: down in %.1f s%s" % (n, time.monotonic() - t0, "; LEFT BEHIND: %s" % b.leftovers
+                                                          if b.leftovers else ", nothing left"), flush=True)
+            save()
     save()
     print()
     print(table(result))
@@ -912,7 +1304,10 @@ def main():
     if env_flag("BENCH_SAVE", "0"):
         print("saved: %s" % save_copy(out, result))
     ok = all(r["rc"] == 0 and r["loaded"]["ok"] for r in result["runs"])
-    return 0 if ok else 1
+    left = {n: v for n, v in result.get("fleet_leftovers", {}).items() if v}
+    if left:
+        print("bench: the fleet left things behind: %s" % left)
+    return 0 if ok and not left else 1
 
 
 if __name__ == "__main__":
