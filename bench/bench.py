@@ -54,6 +54,7 @@ Root only.
     BENCH_APPS=2 BENCH_KINDS=forced BENCH_RESTART=0 make bench   # the quickest look, with the baseline
     BENCH_TARGETS=fleet make bench                               # the fleet alone: N = 2 and 8 app hosts
 """
+import bisect
 import json
 import os
 import platform
@@ -722,6 +723,46 @@ def cgroup_cpu_s(path):
     return None
 
 
+class CgroupSampler(threading.Thread):
+    """Cumulative CPU seconds of groups of cgroup v2 folders (role -> folders), sampled every 100 ms,
+    so the hosts' CPU can be cut along the callback's task windows (same clock, time.time())."""
+
+    def __init__(self, groups, every=0.1):
+        super().__init__(daemon=True)
+        self.groups, self.every = groups, every
+        self.samples = []  # [(epoch, {group: cumulative s})]
+        self.halt = threading.Event()
+
+    def sample(self):
+        self.samples.append((time.time(), {g: sum(cgroup_cpu_s(p) or 0.0 for p in paths)
+                                           for g, paths in self.groups.items()}))
+
+    def run(self):
+        while True:
+            self.sample()
+            if self.halt.wait(self.every):
+                self.sample()
+                return
+
+    def at(self, t):
+        """{group: cumulative s} at epoch t, interpolated between the samples around it."""
+        xs = self.samples
+        if not xs:
+            return {}
+        if t <= xs[0][0]:
+            return dict(xs[0][1])
+        if t >= xs[-1][0]:
+            return dict(xs[-1][1])
+        i = bisect.bisect_right([x[0] for x in xs], t)
+        (ta, a), (tb, b) = xs[i - 1], xs[i]
+        f = (t - ta) / (tb - ta) if tb > ta else 0.0
+        return {g: a[g] + f * (b[g] - a[g]) for g in a}
+
+    def between(self, t0, t1):
+        a, b = self.at(t0), self.at(t1)
+        return {g: round(b[g] - a[g], 3) for g in a}
+
+
 class FleetBench(Bench):
     """One fleet of N app hosts (tests/fleet: network namespaces, systemd as PID 1, sshd, user
     units), the current tree's inventories/fleet over SSH, forks >= hosts.
@@ -852,6 +893,11 @@ class FleetBench(Bench):
     def before_run(self):
         closed = self.close_ssh()
         self._cpu0 = self.host_cpu()
+        groups = {}
+        for h in self.lab.hosts.values():
+            groups.setdefault("apps" if h.role == "app" else h.role, []).append(h.cgroups[1])
+        self._sampler = CgroupSampler(groups)
+        self._sampler.start()
         return ["closed %d SSH masters of the previous run" % closed] if closed else []
 
     def host_cpu(self):
@@ -861,7 +907,13 @@ class FleetBench(Bench):
         return out
 
     def run(self, tree, kind, rep):
-        res = Bench.run(self, tree, kind, rep)
+        self._sampler = None
+        try:
+            res = Bench.run(self, tree, kind, rep)
+        finally:
+            if self._sampler:
+                self._sampler.halt.set()
+                self._sampler.join()
         cpu1 = self.host_cpu()
         per = {h: round(cpu1[h] - self._cpu0[h], 2) for h in cpu1
                if cpu1.get(h) is not None and self._cpu0.get(h) is not None}
@@ -871,22 +923,53 @@ class FleetBench(Bench):
                 key = "apps" if h.role == "app" else h.role
                 roles[key] = round(roles.get(key, 0.0) + per[h.name], 2)
         res["fleet"] = {"hosts": self.hosts, "forks": self.forks, "up_s": self.up_s,
+                        # per host: from before the probers start to after they stop; the totals
+                        # below are cut to the playbook's window when the sampler ran
                         "hosts_cpu_s": round(sum(per.values()), 2) if per else None, "host_cpu_s": per,
                         "hosts_cpu_by_role_s": roles}
+        # the hosts' CPU cut along the task windows (a task's window is its wave: from its start
+        # to the next task's start), summed per task key like task_times
+        timer = json.loads(Path(res["timer"]).read_text()) if Path(res["timer"]).exists() else {}
+        t0 = timer.get("t0_epoch")
+        if t0 and self._sampler and self._sampler.samples:
+            # the playbook's own window (not the probers' start and stop around it)
+            roles = {g: round(v, 2) for g, v in self._sampler.between(t0, t0 + (timer.get("wall_s") or 0)).items()}
+            res["fleet"]["hosts_cpu_by_role_s"] = roles
+            res["fleet"]["hosts_cpu_s"] = round(sum(roles.values()), 2)
+            per_task = {}
+            for t in timer.get("tasks", []):
+                key = task_key(t)
+                acc = per_task.setdefault(key, {})
+                for g, v in self._sampler.between(t0 + t["start"], t0 + t["end"]).items():
+                    acc[g] = round(acc.get(g, 0.0) + v, 3)
+            res["task_host_cpu"] = per_task
         self.last_rc = res["rc"]
         return res
+
+
+def task_key(t):
+    return "%s | %s | %s" % (phase_key(t.get("play", "")), t["name"], t["action"])
 
 
 def task_times(timer):
     """Per task (phase | task name | action): [occurrences, summed seconds, summed host results]."""
     out = {}
     for t in timer.get("tasks", []):
-        key = "%s | %s | %s" % (phase_key(t.get("play", "")), t["name"], t["action"])
+        key = task_key(t)
         acc = out.setdefault(key, [0, 0.0, 0])
         acc[0] += 1
         acc[1] = round(acc[1] + (t.get("dur") or 0.0), 3)
         acc[2] += t.get("hosts", 0)
     return out
+
+
+def host_cpu_of(rs, key):
+    """The hosts' CPU per role during task `key`, averaged over the runs (None without samples)."""
+    vals = [r["task_host_cpu"].get(key, {}) for r in rs if r.get("task_host_cpu") is not None]
+    if not vals:
+        return None
+    groups = {g for v in vals for g in v}
+    return {g: statistics.mean(v.get(g, 0.0) for v in vals) for g in groups}
 
 
 def growth(runs, top=12):
@@ -914,8 +997,13 @@ def growth(runs, top=12):
         for k in set(tl) | set(th):
             a = [statistics.mean(x[i] for x in tl[k]) if k in tl else 0 for i in range(3)]
             b = [statistics.mean(x[i] for x in th[k]) if k in th else 0 for i in range(3)]
-            rows.append({"task": k, "count": [a[0], b[0]], "s": [round(a[1], 2), round(b[1], 2)],
-                         "host_results": [a[2], b[2]], "delta_s": round(b[1] - a[1], 2)})
+            row = {"task": k, "count": [a[0], b[0]], "s": [round(a[1], 2), round(b[1], 2)],
+                   "host_results": [a[2], b[2]], "delta_s": round(b[1] - a[1], 2)}
+            cl, ch = host_cpu_of(by_n[lo], k), host_cpu_of(by_n[hi], k)
+            if cl is not None and ch is not None:
+                row["hosts_cpu_s"] = [round(sum(cl.values()), 2), round(sum(ch.values()), 2)]
+                row["apps_cpu_s"] = [round(cl.get("apps", 0.0), 2), round(ch.get("apps", 0.0), 2)]
+            rows.append(row)
         rows.sort(key=lambda x: -x["delta_s"])
         pl, ph = mean(by_n[lo], "phases_s"), mean(by_n[hi], "phases_s")
         phases = {k: [round(statistics.mean(pl.get(k, [0])), 2), round(statistics.mean(ph.get(k, [0])), 2)]
@@ -1125,9 +1213,13 @@ def table(result):
                      % (g["kind"], g["n_from"], g["n_to"], g["wall_s"][0], g["wall_s"][1], g["tasks_delta_s"]))
         lines.append("  phases: " + "  ".join("%s %.1f->%.1f" % (k, v[0], v[1]) for k, v in g["phases_s"].items()))
         for t in g["top_tasks"][:8]:
-            lines.append("  %+6.1fs  %5.1f -> %5.1f s  x%g -> x%g, host results %g -> %g  %s" % (
+            cpu = ""
+            if "hosts_cpu_s" in t:
+                cpu = "  hosts cpu %4.1f -> %4.1f s (apps %4.1f -> %4.1f)" % (
+                    t["hosts_cpu_s"][0], t["hosts_cpu_s"][1], t["apps_cpu_s"][0], t["apps_cpu_s"][1])
+            lines.append("  %+6.1fs  %5.1f -> %5.1f s  x%g -> x%g, host results %g -> %g%s  %s" % (
                 t["delta_s"], t["s"][0], t["s"][1], t["count"][0], t["count"][1], t["host_results"][0],
-                t["host_results"][1], t["task"].replace(COLLECTION_PREFIX, "")))
+                t["host_results"][1], cpu, t["task"].replace(COLLECTION_PREFIX, "")))
     lines.append("")
     lines.append("per phase (median): s = play time, req = Vault requests, sign = sign/issue, login = cert logins, "
                  "adm = admin logins")
