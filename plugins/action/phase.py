@@ -20,7 +20,7 @@ from ansible.errors import AnsibleConnectionFailure
 
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
 from ansible_collections.privsec.vault_rotate.plugins.plugin_utils import _catalog, _report, _run
-from ansible_collections.privsec.vault_rotate.plugins.plugin_utils._action import EngineAction
+from ansible_collections.privsec.vault_rotate.plugins.plugin_utils._action import SERVICE, EngineAction
 
 HOST_STEPS = ("plan", "apply", "rollback")
 # The kinds of gate that prove a rollback (the file checks and the fresh-token check do not apply).
@@ -231,7 +231,7 @@ class ActionModule(EngineAction):
                   "bundles": [b for w in works.values() for b in w["bundles"]],
                   "units": units if pre["check_units"] else [],
                   "prepare": [p for p in phases if p in run.meta["phases"]] if not self.check_mode else [],
-                  "service": _catalog.service(self.get)}
+                  "service": SERVICE}
         found = self.engine_on(run, params, gate="preflight")
         record = {"host": self.host, "phases": phases, "works": works, "slots": found["slots"],
                   "bundles": found["bundles"], "units": found.get("units") or {}, "started": self.started}
@@ -406,7 +406,7 @@ class ActionModule(EngineAction):
             slots.append(spec)
         params = {"phase": self.phase, "step": "apply", "slots": slots, "bundles": work["bundles"],
                   "gates": self.resolve_gates(run, work["gates"]), "ca_bundle": run.ca_bundle(),
-                  "service": _catalog.service(self.get)}
+                  "service": SERVICE}
         if self.phase == "admin_cert":
             params["connection"] = self.connection()
         label = self.gate_label(work)
@@ -455,7 +455,7 @@ class ActionModule(EngineAction):
         named = set(g.get("unit") for g in gates if g["kind"] == "unit")
         gates = [{"kind": "unit", "name": "%s running" % u, "unit": u} for u in units if u not in named] + gates
         params = {"phase": "healthcheck", "step": "verify", "slots": slots, "gates": gates,
-                  "ca_bundle": run.ca_bundle(), "service": _catalog.service(self.get)}
+                  "ca_bundle": run.ca_bundle(), "service": SERVICE}
         if "admin_cert" in phases:
             params["connection"] = self.connection()
         found = self.engine_on(run, params, gate="healthcheck")
@@ -579,7 +579,7 @@ class ActionModule(EngineAction):
         proofs = [dict(p, expect_serial=None, wait_timeout=min(float(p.get("wait_timeout") or 0), 10))
                   for p in self.resolve_gates(run, work["gates"]) if p["kind"] in PROOF_KINDS]
         params = {"phase": self.phase, "step": "rollback", "slots": slots, "bundles": bundles, "proofs": proofs,
-                  "ca_bundle": run.ca_bundle(), "service": _catalog.service(self.get)}
+                  "ca_bundle": run.ca_bundle(), "service": SERVICE}
         if self.phase == "admin_cert":
             params["connection"] = self.connection()
         try:
@@ -623,7 +623,7 @@ class ActionModule(EngineAction):
             units.append(v["vault_unit"])
         if not units:
             return {"changed": False, "skipped": True, "skip_reason": "no unit to restart on %s" % self.host}
-        params = {"phase": "restart", "step": "apply", "restart": units, "service": _catalog.service(self.get)}
+        params = {"phase": "restart", "step": "apply", "restart": units, "service": SERVICE}
         found = self.engine_on(run, params, gate="restart")
         run.write(dict(found, host=self.host, started=self.started, units_restarted=units), "phase", "restart", "apply",
                   self.host)

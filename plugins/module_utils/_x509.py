@@ -144,6 +144,20 @@ def load_certificate(data, what="certificate"):
     return load_pem_bundle(data, what=what)[0]
 
 
+def _load_pem_key(data):
+    """load_pem_private_key without OpenSSL 3's RSA consistency check where cryptography (>= 39)
+    allows: the check costs ~60 ms per RSA-2048 key (more than the rest of a slot's inspection),
+    and what it guards against (a key whose private half does not fit its public half) cannot
+    pass the gates anyway: a key is used only after its public half matched the cert and a
+    handshake or login with it succeeded."""
+    try:
+        return serialization.load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
+    except TypeError as exc:
+        if "unsafe_skip_rsa_key_validation" not in str(exc):
+            raise
+        return serialization.load_pem_private_key(data, password=None)
+
+
 def load_private_key(data, what="private key"):
     """A private key from PEM (PKCS#8, PKCS#1, SEC1). Unencrypted keys only."""
     blocks = [(label, block) for label, block in pem_blocks(data) if "PRIVATE KEY" in label]
@@ -162,7 +176,7 @@ def load_private_key(data, what="private key"):
         raise RotateError("bad_pem", "%s is encrypted" % what,
                           hint="the rotation handles unencrypted keys protected by file mode 0600")
     try:
-        return serialization.load_pem_private_key(_to_bytes(block), password=None)
+        return _load_pem_key(_to_bytes(block))
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise RotateError("bad_pem", "%s does not parse: %s" % (what, exc),
                           hint="the file is truncated or not a supported key type")

@@ -14,6 +14,11 @@ __metaclass__ = type
 
 import os
 
+try:
+    from collections.abc import Mapping
+except ImportError:  # pragma: no cover (Python 2 is not supported by ansible-core 2.19+)
+    from collections import Mapping
+
 from ansible.errors import AnsibleConnectionFailure
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
@@ -24,7 +29,23 @@ from ansible_collections.privsec.vault_rotate.plugins.plugin_utils import _catal
 from ansible_collections.privsec.vault_rotate.plugins.plugin_utils._run import Run
 
 ENGINE_MODULE = "privsec.vault_rotate.phase"
+# params["service"] = SERVICE: the service settings, with the commands of the units the step names.
+SERVICE = object()
 LOCAL_CONNECTIONS = ("local", "ansible.builtin.local")
+
+
+def _strings(value, found=None):
+    """Every string in a structure of dicts and lists (the unit names a step refers to among them)."""
+    found = set() if found is None else found
+    if isinstance(value, str):
+        found.add(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _strings(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _strings(item, found)
+    return found
 
 
 class EngineAction(ActionBase):
@@ -46,6 +67,20 @@ class EngineAction(ActionBase):
             value = self._templar.template(self._vars[name])
         self._cache[name] = value
         return value
+
+    def get_item(self, name, key):
+        """One entry of a mapping variable, templated alone; _catalog.MISSING when there is none.
+        A variable that is not a mapping as written (a template) is templated whole, once."""
+        raw = self._vars.get(name, _catalog.MISSING)
+        if raw is _catalog.MISSING or raw is None:
+            return _catalog.MISSING
+        if not isinstance(raw, Mapping):
+            raw = self.get(name)
+            if not isinstance(raw, Mapping):
+                return _catalog.MISSING  # the catalog names the wrong type when it reads the whole value
+        if key not in raw:
+            return _catalog.MISSING
+        return self._templar.template(raw[key])
 
     def var(self, name, default=None):
         value = self.get(name)
@@ -89,6 +124,8 @@ class EngineAction(ActionBase):
     def engine(self, params):
         """Run one engine step on the task's host; the step's result (never the arguments)."""
         params = dict((k, v) for k, v in params.items() if v is not None)
+        if params.get("service") is SERVICE:
+            params["service"] = _catalog.service(self.get, units=_strings(params), get_item=self.get_item)
         if self.inprocess():
             checked = ArgumentSpecValidator(_engine.ARGUMENT_SPEC).validate(params)
             if checked.error_messages:

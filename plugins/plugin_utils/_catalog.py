@@ -645,10 +645,26 @@ def connection(get):
             "cert_auth_mount": g("cert_auth_mount"), "cert_role": g("admin_mapping"), "timeout": 10}
 
 
-def service(get):
+def service(get, units=None, get_item=None):
+    """The service settings of a step. With ``units``, the command table keeps those units only:
+    it covers every unit of the environment (one per app and agent), a step needs the few it
+    names, and a table of every unit per host and step costs O(apps^2) over a run.
+    ``get_item(name, key)`` reads one entry of a mapping variable (MISSING when there is
+    none), so that the other entries are not even templated."""
     v = Values("vault_rotate", get)
-    return {"backend": v.glob("service_backend"), "user": v.glob("service_user") or None,
-            "commands": v.glob("service_commands") or {}}
+    name = "vault_rotate_service_commands"
+    if units is None or get_item is None:
+        commands = v.glob("service_commands") or {}
+        if units is not None:
+            commands = dict((u, c) for u, c in commands.items() if u in units)
+    else:
+        commands = {}
+        for unit in sorted(set(units)):
+            entry = get_item(name, unit)
+            if entry is not MISSING:
+                commands[unit] = entry
+        commands = _coerce(_GLOBAL_BY_KEY["service_commands"], name, commands)
+    return {"backend": v.glob("service_backend"), "user": v.glob("service_user") or None, "commands": commands}
 
 
 def admin_host(groups, env, play_hosts=None):
