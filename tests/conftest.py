@@ -59,6 +59,8 @@ class LabHandle:
     def unit(self, name, action, timeout=120):
         """Run the unit command exactly as lab.json gives it to the command backend."""
         argv = self.info["units"][name]["commands"][action]
+        if isinstance(argv, str):  # a shell line, as the command backend runs it
+            argv = ["/bin/sh", "-c", argv]
         return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout,
                               env=_clean_env())
 

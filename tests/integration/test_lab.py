@@ -3,6 +3,7 @@ import json
 import os
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -217,7 +218,12 @@ def test_lab_json_has_commands_and_no_secrets(lab):
     info = json.loads(text)
     for name, unit in info["units"].items():
         assert set(unit["commands"]) == {"status", "start", "stop", "reload", "restart"}
-        assert unit["commands"]["status"][-2:] == [name, "status"]
+        for action in ("start", "stop", "reload", "restart"):
+            assert unit["commands"][action][-2:] == [name, action]
+        # status is a shell line (a few ms), labctl when its own check fails: it answers for the unit
+        status = unit["commands"]["status"]
+        assert isinstance(status, str) and status.endswith("unit %s status" % name)
+        assert subprocess.run(["/bin/sh", "-c", status], capture_output=True, check=False).returncode == 0
     assert oct(os.stat(lab.dir / "secrets" / "init.json").st_mode & 0o777) == "0o600"
 
 
@@ -309,4 +315,8 @@ def test_down_leaves_no_process_and_no_port(throwaway_lab):
         if d.isdigit() and pid_alive(int(d)) and str(t.dir) in pid_cmdline(int(d)):
             leftovers.append((d, pid_cmdline(int(d))))
     assert not leftovers
+    # the shell status line says so too (the pid files may stay; no live process has the unit's config)
+    for name, unit in info["units"].items():
+        status = subprocess.run(["/bin/sh", "-c", unit["commands"]["status"]], capture_output=True, check=False)
+        assert status.returncode != 0, name
     assert took < 15
