@@ -41,7 +41,9 @@ FORWARDER_PORTS = range(30000, 31000)
 # --------------------------------------------------------------------------
 
 def once_command(state, action, real, python=sys.executable):
-    """argv that runs ACTION once (recorded in STATE), then the REAL argv on every later call."""
+    """argv that runs ACTION once (recorded in STATE), then the REAL argv (or shell line) on every later call."""
+    if isinstance(real, str):
+        real = ["/bin/sh", "-c", real]
     return [python, str(Path(__file__).resolve()), "once", str(state)] + [str(a) for a in action] + ["--"] + list(real)
 
 

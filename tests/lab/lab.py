@@ -1231,9 +1231,17 @@ path "{m}/sign/nginx-{a}" {{ capabilities = ["create", "update"] }}
         # status, the call a rotation makes most, in the shell (a few ms, like `systemctl is-active`;
         # a Python start is ~50 ms): the pid file names a live process started with this unit's
         # config; otherwise labctl answers (active when its own check finds the unit running).
-        commands["status"] = "pid=$(cat %s 2>/dev/null) && grep -qaF -- %s /proc/\"$pid\"/cmdline || exec %s" % (
-            shlex.quote(str(self.pidfile(name))), shlex.quote(unit["token"]),
-            " ".join(shlex.quote(str(a)) for a in commands["status"]))
+        # reload likewise (SIGHUP; nginx after its config test, as `nginx -s reload`): labctl
+        # answers when the unit is not running or the test fails, and says why.
+        alive = "pid=$(cat %s 2>/dev/null) && grep -qaF -- %s /proc/\"$pid\"/cmdline" % (
+            shlex.quote(str(self.pidfile(name))), shlex.quote(unit["token"]))
+        labctl = dict((action, " ".join(shlex.quote(str(a)) for a in argv)) for action, argv in commands.items())
+        commands["status"] = "%s || exec %s" % (alive, labctl["status"])
+        test = ""
+        if unit["kind"] == "nginx":
+            test = " && %s -t -q >/dev/null 2>&1" % " ".join(shlex.quote(str(a)) for a in self._nginx_cmd(unit))
+        commands["reload"] = "%s%s && kill -HUP \"$pid\" && echo %s || exec %s" % (
+            alive, test, shlex.quote("%s reloaded (SIGHUP)" % name), labctl["reload"])
         return commands
 
     def info_dict(self):
