@@ -11,11 +11,14 @@ bench, on the same lab, with the same .venv and the same measuring callback:
   collection; every run records where its tasks and plugins came from and the
   bench fails the run when that is not the tree it was meant for.
 
-For each N in BENCH_APPS (default "2 8 32") it builds one private lab with N
-apps (ports from BENCH_PORT_BASE, default 31000: listener +0, raft +1, proxy
-+2, frontends +500+i), enables a file audit device (every Vault request, seen
-from the server), writes an inventory per tree (the tree's own lab inventory,
-the example apps expanded to N), then runs `rotate_all.yml -l lab`:
+For each N in BENCH_APPS (default "2 8 32") it builds, per tree, a private
+lab with N apps made by that tree's own lab code (tests/lab/lab.py of the tree:
+the lab follows production more closely over time, e.g. PKI roles that pin
+RSA, which an older tree cannot rotate; ports from BENCH_PORT_BASE, default
+31000: listener +0, raft +1, proxy +2, frontends +500+i; the baseline's lab
++100), enables a file audit device (every Vault request, seen from the
+server), writes the tree's inventory (its own lab inventory, the example apps
+expanded to N), then runs `rotate_all.yml -l lab`:
 
 - forced (`-e vault_rotate_force=true`): every slot rotates;
 - noop: nothing due (right after a forced run);
@@ -55,6 +58,7 @@ Root only.
     BENCH_TARGETS=fleet make bench                               # the fleet alone: N = 2 and 8 app hosts
 """
 import bisect
+import importlib.util
 import json
 import os
 import platform
@@ -195,6 +199,20 @@ def baseline_tree(ref, workdir):
     return Tree("baseline", path, ref, sha)
 
 
+def lab_module(tree):
+    """The lab code of `tree` (its tests/lab/lab.py), loaded beside ours under another name: a
+    tree runs on the lab it was written for (the lab follows production more closely over time:
+    PKI roles that pin RSA, an IP SAN on the proxy cert, a fullchain-only site, which an older
+    tree cannot rotate)."""
+    name = "lab_%s_%s" % (tree.side, tree.sha[:12])
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, str(tree.root / "tests" / "lab" / "lab.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def which_tree(path, trees):
     """The tree whose root is the longest prefix of `path` (the baseline lives inside the current one)."""
     real = os.path.realpath(path)
@@ -319,22 +337,27 @@ class MemSampler(threading.Thread):
                 return
 
 
-# -- one lab per N, both trees run against it ------------------------------------
+# -- one lab per N and tree ------------------------------------------------------
 
 class Bench:
     """One private N-app lab (ansible_connection local, the `command` service backend)."""
 
     target = "lab"
 
-    def __init__(self, n, port_base, workdir, trees):
-        """`trees`: every tree of the bench (each gets an inventory; paths are told apart against all)."""
+    def __init__(self, n, port_base, workdir, trees, lab_tree=None):
+        """`trees`: every tree of the bench (paths are told apart against all). `lab_tree`: the tree
+        whose own lab (its tests/lab/lab.py) this lab is and whose runs it takes; None: one lab of
+        the current tree's kind that every tree runs against."""
         self.n = n
         self.apps = app_names(n)
-        self.dir = workdir / ("lab-%d" % n)
         self.work = workdir
         self.trees = trees
-        self.lab = labmod.Lab(dir=str(self.dir), apps=list(self.apps), vault_port=port_base,
-                              proxy_port=port_base + 2, frontend_port_base=port_base + 500)
+        self.lab_tree = lab_tree
+        self.labmod = labmod if lab_tree is None or lab_tree.side == "current" else lab_module(lab_tree)
+        self.dir = workdir / ("lab-%d" % n if lab_tree is None or lab_tree.side == "current"
+                              else "lab-%d-%s" % (n, lab_tree.side))
+        self.lab = self.labmod.Lab(dir=str(self.dir), apps=list(self.apps), vault_port=port_base,
+                                   proxy_port=port_base + 2, frontend_port_base=port_base + 500)
         env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV}
         self.env = dict(env, LAB_DIR=str(self.dir), PATH="%s:%s" % (BIN, os.environ["PATH"]),
                         ANSIBLE_CALLBACK_PLUGINS=str(CALLBACKS), ANSIBLE_CALLBACKS_ENABLED="bench_timer",
@@ -347,7 +370,7 @@ class Bench:
             self.down(purge=True)
         self.lab.up(log=lambda _msg: None)
         self.info = json.loads((self.dir / "lab.json").read_text())
-        for tree in self.trees:
+        for tree in ([self.lab_tree] if self.lab_tree else self.trees):
             self._inventory(tree)
         self.audit_log = self.dir / "logs" / "audit.log"
         # OpenBao 2.x creates audit devices from the config only (the API refuses):
@@ -365,7 +388,8 @@ class Bench:
             raise SystemExit("bench: the audit device did not come up (%s)" % self.audit_log)
 
     def down(self, purge=False):
-        subprocess.run([PY, str(LABCTL), "--dir", str(self.dir), "down"] + (["--purge"] if purge else []),
+        labctl = getattr(self.labmod, "LABCTL", LABCTL)  # the lab's own labctl
+        subprocess.run([PY, str(labctl), "--dir", str(self.dir), "down"] + (["--purge"] if purge else []),
                        check=False, stdout=subprocess.DEVNULL)
 
     def inv_dir(self, tree):
@@ -381,7 +405,7 @@ class Bench:
             shutil.rmtree(inv)
         inv.mkdir(parents=True)
         doc = yaml.safe_load((src / "hosts.yml").read_text())
-        examples = {"lab-%s" % a for a in labmod.DEFAULT_APPS}
+        examples = {"lab-%s" % a for a in self.labmod.DEFAULT_APPS}
 
         def expand(group):
             hosts = group.get("hosts")
@@ -442,7 +466,7 @@ class Bench:
             if self.lab.seal_status().get("sealed"):
                 self.lab.unseal()
                 return ["unsealed the server (the previous run left it sealed)"]
-        except (labmod.LabError, OSError) as exc:
+        except (self.labmod.LabError, OSError) as exc:
             return ["lab not answering before the run: %s" % exc]
         return []
 
@@ -1352,22 +1376,26 @@ def main():
     for i, n in enumerate(ns):
         # baseline first, then current; the next repetition starts with the other one
         sides = [t for t in reversed(trees) if t.side == "current" or n in base_ns]
-        b = Bench(n, port_base, workdir, trees)
-        print("bench: N=%d: lab up (%s)" % (n, b.dir), flush=True)
-        b.up()
+        # Each tree on a lab of its own kind (lab_module), both up side by side, runs alternated.
+        benches = dict((t.side, Bench(n, port_base + (0 if t.side == "current" else 100), workdir, trees, lab_tree=t))
+                       for t in sides)
         try:
+            for tree in sides:
+                print("bench: N=%d: %s lab up (%s)" % (n, tree.side, benches[tree.side].dir), flush=True)
+                benches[tree.side].up()
             # No warm-up: on the fresh lab every slot is due, so the first forced
             # run does exactly the work of any other forced run.
             for rep in range(1, reps + 1):
                 order = sides if rep % 2 else list(reversed(sides))
                 for kind in kinds:
                     for tree in order:
-                        record(b.run(tree, kind, rep))
+                        record(benches[tree.side].run(tree, kind, rep))
             if restart and i == 0:
                 for tree in sides:
-                    record(b.run(tree, "restart", 1))
+                    record(benches[tree.side].run(tree, "restart", 1))
         finally:
-            b.down(purge=os.environ.get("BENCH_KEEP") is None)
+            for b in benches.values():
+                b.down(purge=os.environ.get("BENCH_KEEP") is None)
     # The fleet: the current tree only (the baseline predates the fleet inventory), forks >= hosts.
     result["fleet_leftovers"] = {}
     for n in fleet_ns:
