@@ -1004,7 +1004,7 @@ def _sign_side_by_side(client, connection, requests):
     queue = list(requests)
     lock = threading.Lock()
     results, clients = {}, [client]
-    for _ in range(min(SIGN_THREADS, len(requests)) - 1):
+    while len(clients) < min(SIGN_THREADS, len(requests)):
         clients.append(_client(connection, token=client.token))
 
     def work(own):

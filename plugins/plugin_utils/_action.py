@@ -14,10 +14,7 @@ __metaclass__ = type
 
 import os
 
-try:
-    from collections.abc import Mapping
-except ImportError:  # pragma: no cover (Python 2 is not supported by ansible-core 2.19+)
-    from collections import Mapping
+from collections.abc import Mapping
 
 from ansible.errors import AnsibleConnectionFailure
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
