@@ -57,9 +57,11 @@ demo: bootstrap
 
 # Not part of `make test`. rotate_all on private N-app labs (BENCH_APPS, default
 # "2 8 32"), the current tree beside a git worktree of bench/baseline.ref
-# (BENCH_BASELINE=<ref>|none; at N in BENCH_BASELINE_APPS, default "2"), runs
-# alternated; BENCH_REPS, BENCH_KINDS, BENCH_RESTART, BENCH_SAVE=1, BENCH_KEEP=1.
-# About 5 min on 2 idle cores, most of it the baseline (docs/performance.md).
+# (BENCH_BASELINE=<ref>|none; at N in BENCH_BASELINE_APPS, default "2"), each
+# tree on a lab of its own kind, runs alternated; BENCH_REPS, BENCH_KINDS,
+# BENCH_RESTART, BENCH_SAVE=1, BENCH_KEEP=1; BENCH_TARGETS="lab fleet" adds the
+# fleet (root, BENCH_FLEET_APPS). About 7 min (BENCH_REPS=3: 19 min), most of
+# it the baseline (docs/performance.md).
 # Ports 31000-31999 (BENCH_PORT_BASE). Quickest look:
 # BENCH_APPS=2 BENCH_KINDS=forced BENCH_RESTART=0 make bench
 bench: bootstrap

@@ -2,7 +2,8 @@
 """make bench: how fast rotate_all is against a baseline, how it scales with apps, whether clients notice.
 
 The same scenarios run against two versions of the collection, in the same
-bench, on the same lab, with the same .venv and the same measuring callback:
+bench, each on a lab of its own kind (below), with the same .venv and the same
+measuring callback:
 
 - current: this checkout (the working tree as it is);
 - baseline: a git worktree of BENCH_BASELINE (default: the ref in
