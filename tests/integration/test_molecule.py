@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LabHandle
 from lab import Lab, port_free
+from labhandle import LabHandle
 
 pytestmark = [pytest.mark.molecule, pytest.mark.lab, pytest.mark.destructive, pytest.mark.slow]
 
