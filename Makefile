@@ -114,10 +114,14 @@ integration: bootstrap
 
 # Lint first (fail fast, about a minute), then one pytest session over every
 # suite, the fault suite (marker `faults`) included, so the run ends with one
-# summary line for all of them. `make test-faults` runs the fault suite alone.
+# summary line for all of them: TEST_WORKERS pytest-xdist workers side by side
+# (most of a rotation is waiting on servers; each worker past the first gets a
+# session lab of its own, tests/conftest.py), longest groups first.
+# TEST_WORKERS=0 runs it in one process. `make test-faults` runs the fault suite alone.
+TEST_WORKERS ?= 3
 test: bootstrap
 	$(MAKE) --no-print-directory lint
-	@$(call run_pytest,tests)
+	@$(call run_pytest,tests $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup))
 
 test-faults: bootstrap
 	@$(call run_pytest,tests -m faults)

@@ -2,9 +2,17 @@
 
 - `lab` (session): the default lab (LAB_DIR / LAB_*_PORT honoured), brought `up`
   once; stopped at the end of the session unless it was already running before.
+  Under pytest-xdist (`make test` runs workers side by side), worker gw0 uses the
+  default lab and every other worker a lab of its own (.lab/xdist-gwN, ports
+  reserved in 22700-22799), purged at the end: tests that rotate the session lab
+  never race another worker's run on it.
 - `throwaway_lab` (function): factory `throwaway_lab(**kw)` -> a fresh lab in a
-  tmp folder on free ports from 22600-22699, always `down --purge`d after the test.
+  tmp folder on a port block reserved in 22600-22699 (tests/ports.py), always
+  `down --purge`d after the test.
+
+Test order and xdist groups: see pytest_collection_modifyitems below.
 """
+import os
 import socket
 import sys
 from pathlib import Path
@@ -16,11 +24,13 @@ for _p in (REPO / "collections", REPO / "tests", REPO / "tests" / "lab"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from lab import Lab, port_free  # noqa: E402
+import ports  # noqa: E402
+from lab import Lab  # noqa: E402
 from labhandle import LabHandle  # noqa: E402
 
 THROWAWAY_PORTS = range(22600, 22700)
-THROWAWAY_BLOCK = 10  # vault, cluster, proxy, frontends...
+WORKER_LAB_PORTS = range(22700, 22800)
+BLOCK = 10  # vault, cluster, proxy, frontends...
 
 
 def _up_or_fail(handle):
@@ -30,61 +40,71 @@ def _up_or_fail(handle):
     return proc
 
 
+def _xdist_worker():
+    """'gw1', 'gw2'... for an xdist worker with a lab of its own; None for gw0 or no xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return worker if worker and worker != "gw0" else None
+
+
 @pytest.fixture(scope="session")
 def lab():
-    """The running default lab (honours LAB_DIR, LAB_VAULT_PORT, LAB_PROXY_PORT, ...)."""
-    handle = LabHandle(Lab())
-    was_running = handle.dir.exists() and handle.running()
-    _up_or_fail(handle)
-    yield handle
-    if not was_running:
-        handle.labctl("down")
-
-
-def _free_block(taken):
-    for base in range(THROWAWAY_PORTS.start, THROWAWAY_PORTS.stop - THROWAWAY_BLOCK + 1, THROWAWAY_BLOCK):
-        if base in taken:
-            continue
-        if all(port_free(p) for p in range(base, base + THROWAWAY_BLOCK)):
-            return base
-    raise RuntimeError("no free block of %d ports in 22600-22699 for a throwaway lab" % THROWAWAY_BLOCK)
+    """The running session lab: the default one (honours LAB_DIR, LAB_VAULT_PORT, LAB_PROXY_PORT, ...),
+    or for xdist workers past gw0 one of the worker's own, which LAB_DIR then names for every child."""
+    worker = _xdist_worker()
+    if worker is None:
+        handle = LabHandle(Lab())
+        was_running = handle.dir.exists() and handle.running()
+        _up_or_fail(handle)
+        yield handle
+        if not was_running:
+            handle.labctl("down")
+        return
+    labdir = REPO / ".lab" / ("xdist-" + worker)
+    if (labdir / "lab.json").exists():  # left by an interrupted session: its ports may differ
+        LabHandle(Lab(dir=labdir)).labctl("down", "--purge")
+    base = ports.reserve(WORKER_LAB_PORTS, BLOCK)
+    handle = LabHandle(Lab(dir=labdir, vault_port=base, proxy_port=base + 2, frontend_port_base=base + 3))
+    os.environ["LAB_DIR"] = str(labdir)
+    try:
+        _up_or_fail(handle)
+        yield handle
+    finally:
+        handle.labctl("down", "--purge")
+        ports.release(base)
 
 
 @pytest.fixture
 def throwaway_lab(tmp_path):
-    """Factory: `throwaway_lab(vault_port=..., proxy_port=..., frontend_port_base=..., apps=[...], up=True)`."""
+    """Factory: `throwaway_lab(vault_port=..., proxy_port=..., frontend_port_base=..., apps=[...], up=True,
+    ports_from=range(...))`: the ports not given come from a block of 10 reserved in `ports_from`
+    (default 22600-22699), held until the test ends."""
     made = []
-    taken = set()
+    held = []
 
-    def make(up=True, **kw):
-        explicit = {"vault_port", "proxy_port", "frontend_port_base"} & set(kw)
-        for attempt in range(3):
-            base = _free_block(taken)
-            taken.add(base)
-            opts = dict(kw)
-            lab = Lab(dir=opts.pop("dir", tmp_path / ("lab%d" % len(made))),
-                      vault_port=opts.pop("vault_port", base),
-                      proxy_port=opts.pop("proxy_port", base + 2),
-                      frontend_port_base=opts.pop("frontend_port_base", base + 3),
-                      apps=opts.pop("apps", None))
-            if opts:
-                raise TypeError("throwaway_lab: unknown options %s" % sorted(opts))
-            handle = LabHandle(lab)
-            made.append(handle)
-            if not up:
-                return handle
-            proc = handle.labctl("up")
-            if proc.returncode == 0:
-                return handle
-            # another session may have taken the block between our check and our start
-            if explicit or "already in use" not in proc.stderr or attempt == 2:
-                pytest.fail("lab up failed in %s:\n%s%s" % (handle.dir, proc.stdout, proc.stderr), pytrace=False)
-            handle.labctl("down", "--purge")
-        raise AssertionError("unreachable")
+    def make(up=True, ports_from=THROWAWAY_PORTS, **kw):
+        opts = dict(kw)
+        base = None
+        if {"vault_port", "proxy_port", "frontend_port_base"} - set(opts):
+            base = ports.reserve(ports_from, BLOCK)
+            held.append(base)
+        lab = Lab(dir=opts.pop("dir", tmp_path / ("lab%d" % len(made))),
+                  vault_port=opts.pop("vault_port", base),
+                  proxy_port=opts.pop("proxy_port", base and base + 2),
+                  frontend_port_base=opts.pop("frontend_port_base", base and base + 3),
+                  apps=opts.pop("apps", None))
+        if opts:
+            raise TypeError("throwaway_lab: unknown options %s" % sorted(opts))
+        handle = LabHandle(lab)
+        made.append(handle)
+        if up:
+            _up_or_fail(handle)
+        return handle
 
     yield make
     for handle in made:
         handle.labctl("down", "--purge")
+    for base in held:
+        ports.release(base)
 
 
 def socket_closed(port, host="127.0.0.1"):
@@ -94,3 +114,43 @@ def socket_closed(port, host="127.0.0.1"):
             return False
     except OSError:
         return True
+
+
+# Longest first, so that `make test`'s xdist workers end together (durations of a
+# serial run on the 2-core machine, README "Test suites"); the rest keeps its order.
+LONGEST_FIRST = (
+    "tests/integration/test_molecule.py",  # ~8.5 min, one group: the scenarios share a private lab
+    "tests/integration/test_faults.py",    # ~10 min over 13 tests, each on a throwaway lab
+    "tests/fleet/",                        # ~3.5 min, one group: one fleet, fixed network namespaces
+    "tests/integration/test_install.py",
+    "tests/integration/test_dropin.py",
+    "tests/integration/test_control.py",
+    "tests/integration/test_ansible_versions.py",
+    "tests/integration/test_secrets.py",
+)
+# Files whose tests share nothing but the session lab fixture: each test may run on any worker.
+SPLIT_BY_TEST = ("tests/integration/test_faults.py", "tests/integration/test_dropin.py",
+                 "tests/integration/test_control.py")
+
+
+def _rank(nodeid):
+    for rank, prefix in enumerate(LONGEST_FIRST):
+        if nodeid.startswith(prefix):
+            return rank
+    return len(LONGEST_FIRST)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order the session longest first and give every test its xdist group (used by
+    `--dist loadgroup`): the fleet is one group, the tests of SPLIT_BY_TEST one each,
+    every other file one (its tests keep their order and module fixtures on one worker)."""
+    items.sort(key=lambda item: _rank(item.nodeid))
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        if path.startswith("tests/fleet/"):
+            group = "fleet"
+        elif path in SPLIT_BY_TEST:
+            group = item.nodeid
+        else:
+            group = path
+        item.add_marker(pytest.mark.xdist_group(group))

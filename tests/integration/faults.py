@@ -229,15 +229,11 @@ class FullDir:
 # a forwarder that resets while its backend is down
 # --------------------------------------------------------------------------
 
-def free_port(ports=FORWARDER_PORTS):
-    for port in ports:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in %s" % ports)
+def free_port():
+    """A port for a forwarder, reserved for this process's lifetime (tests/ports.py; imported
+    here, as this file also runs as a script, `once`, where tests/ is not on sys.path)."""
+    import ports
+    return ports.reserve(FORWARDER_PORTS)
 
 
 class ResettingForwarder(threading.Thread):

@@ -3,14 +3,13 @@ the plan under --check, restart with and without unseal keys, the healthcheck
 gate and the report files. Every run is a real `ansible-playbook` from the
 repo root with the shipped ansible.cfg; nothing is mocked.
 
-Labs run on a free block of ports in 21500-21999 (the control engineer's
-range), picked at random and retried, so parallel sessions do not collide
-with each other, the default lab or other suites' throwaway labs.
+Labs run on a block of ports reserved in 21500-21999 (tests/ports.py), so
+parallel workers and sessions do not collide with each other, the default lab
+or other suites' throwaway labs.
 """
 import hashlib
 import json
 import os
-import random
 import re
 import socket
 import subprocess
@@ -24,36 +23,14 @@ PLAYBOOK = str(REPO / ".venv" / "bin" / "ansible-playbook")
 if not os.path.exists(PLAYBOOK):
     PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 
-PORT_BLOCKS = range(21500, 22000, 10)  # vault, cluster, proxy, frontends: 10 ports per lab
+PORTS = range(21500, 22000)  # blocks of 10: vault, cluster, proxy, frontends
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 
-def _block_free(base):
-    for port in range(base, base + 10):
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def new_lab(throwaway_lab, attempts=6):
-    """A fresh throwaway lab, up, on a free port block of our range (retried on a race)."""
-    errors = []
-    for base in random.sample(list(PORT_BLOCKS), attempts * 3):
-        if not _block_free(base):
-            continue
-        lab = throwaway_lab(up=False, vault_port=base, proxy_port=base + 2, frontend_port_base=base + 3)
-        proc = lab.labctl("up")
-        if proc.returncode == 0:
-            return lab
-        errors.append(proc.stdout[-300:] + proc.stderr[-300:])
-        if len(errors) >= attempts:
-            break
-    pytest.fail("no lab could be brought up:\n" + "\n".join(errors), pytrace=False)
+def new_lab(throwaway_lab):
+    """A fresh throwaway lab, up, on a port block reserved in our range."""
+    return throwaway_lab(ports_from=PORTS)
 
 
 def run_playbook(lab_dir, *args, extra_env=None, timeout=600):

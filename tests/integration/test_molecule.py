@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from lab import Lab, port_free
+import ports
+from lab import Lab
 from labhandle import LabHandle
 
 pytestmark = [pytest.mark.molecule, pytest.mark.lab, pytest.mark.destructive, pytest.mark.slow]
@@ -38,17 +39,10 @@ FULL_TIMEOUT = int(os.environ.get("MOLECULE_FULL_TIMEOUT", "2400"))
 TIMES = {}
 
 
-def _free_block():
-    for base in range(PORTS.start, PORTS.stop - BLOCK + 1, BLOCK):
-        if all(port_free(p) for p in range(base, base + BLOCK)):
-            return base
-    raise RuntimeError("no free block of %d ports in %d-%d for the molecule lab" % (BLOCK, PORTS.start, PORTS.stop - 1))
-
-
 @pytest.fixture(scope="module")
 def molecule_lab(tmp_path_factory):
     """One private lab for every scenario of this module, purged at the end."""
-    base = _free_block()
+    base = ports.reserve(PORTS, BLOCK)
     handle = LabHandle(Lab(dir=tmp_path_factory.mktemp("molecule") / "lab", vault_port=base, proxy_port=base + 2,
                            frontend_port_base=base + 3))
     try:
@@ -58,6 +52,7 @@ def molecule_lab(tmp_path_factory):
         yield handle
     finally:
         handle.labctl("down", "--purge")
+        ports.release(base)
         if TIMES:
             total = sum(TIMES.values())
             print("\nmolecule scenario times: %s; total %.0f s" % (

@@ -16,7 +16,7 @@ import pytest
 from ansible_collections.privsec.vault_rotate.plugins.module_utils import _x509
 
 from helpers import run_module
-from lab import port_free
+import ports
 from pki_fixtures import PKI, key_pem, make_cert, new_key, now, pem
 
 pytestmark = pytest.mark.lab
@@ -26,10 +26,8 @@ LOCAL_PORTS = range(23200, 23300)
 
 
 def free_port():
-    for port in LOCAL_PORTS:
-        if port_free(port):
-            return port
-    raise RuntimeError("no free port in 23200-23299")
+    """A port of ours for a local test server, reserved for this process's lifetime."""
+    return ports.reserve(LOCAL_PORTS)
 
 
 # --- fixtures ----------------------------------------------------------------------------------
