@@ -116,12 +116,12 @@ integration: bootstrap
 # suite, the fault suite (marker `faults`) included, so the run ends with one
 # summary line for all of them: TEST_WORKERS pytest-xdist workers side by side
 # (most of a rotation is waiting on servers; each worker past the first gets a
-# session lab of its own, tests/conftest.py), longest groups first.
+# session lab of its own), longest units first (tests/conftest.py: xdist_group).
 # TEST_WORKERS=0 runs it in one process. `make test-faults` runs the fault suite alone.
 TEST_WORKERS ?= 3
 test: bootstrap
 	$(MAKE) --no-print-directory lint
-	@$(call run_pytest,tests $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup))
+	@$(call run_pytest,tests $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS)))
 
 test-faults: bootstrap
 	@$(call run_pytest,tests -m faults)

@@ -10,7 +10,7 @@
   tmp folder on a port block reserved in 22600-22699 (tests/ports.py), always
   `down --purge`d after the test.
 
-Test order and xdist groups: see pytest_collection_modifyitems below.
+Test order and the workers' scheduling units: see xdist_group() below.
 """
 import os
 import socket
@@ -140,17 +140,32 @@ def _rank(nodeid):
     return len(LONGEST_FIRST)
 
 
+def xdist_group(nodeid):
+    """The scheduling unit of a test under `make test`'s workers: the fleet is one unit,
+    each test of SPLIT_BY_TEST one, every other file one (its tests keep their order and
+    module fixtures on one worker)."""
+    path = nodeid.split("::", 1)[0]
+    if path.startswith("tests/fleet/"):
+        return "fleet"
+    return nodeid if path in SPLIT_BY_TEST else path
+
+
 def pytest_collection_modifyitems(config, items):
-    """Order the session longest first and give every test its xdist group (used by
-    `--dist loadgroup`): the fleet is one group, the tests of SPLIT_BY_TEST one each,
-    every other file one (its tests keep their order and module fixtures on one worker)."""
+    """Longest first (stable: every file keeps its own order)."""
     items.sort(key=lambda item: _rank(item.nodeid))
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        if path.startswith("tests/fleet/"):
-            group = "fleet"
-        elif path in SPLIT_BY_TEST:
-            group = item.nodeid
-        else:
-            group = path
-        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scheduling by scope, the scopes being xdist_group() and taken in the
+    collection order above. (Not `--dist loadgroup`: with pytest 9 the xdist_group mark
+    no longer reaches the scheduler, xdist 3.8 rewrites item._nodeid, which pytest 9
+    no longer reads; every test then ran wherever.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return xdist_group(nodeid)
+
+    config.option.loadscopereorder = False
+    return GroupScheduling(config, log)
