@@ -23,6 +23,12 @@ PYTEST = $(PY) -m pytest $(PYTEST_ARGS)
 define run_pytest
 	rc=0; $(PYTEST) $(1) || rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 endef
+# The lab suites run on TEST_WORKERS pytest-xdist workers side by side (most of
+# a rotation is waiting on servers): each worker past the first gets a session
+# lab of its own, the longest units go first (tests/conftest.py: xdist_group).
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 3
+WORKERS = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS))
 
 .PHONY: bench
 .PHONY: help bootstrap demo test test-faults lint ruff ansible-lint sanity unit integration lab-up lab-down lab-status clean distclean
@@ -110,21 +116,17 @@ unit: bootstrap
 	@$(call run_pytest,tests/unit)
 
 integration: bootstrap
-	@$(call run_pytest,tests --ignore=tests/unit)
+	@$(call run_pytest,tests --ignore=tests/unit $(WORKERS))
 
 # Lint first (fail fast, about a minute), then one pytest session over every
 # suite, the fault suite (marker `faults`) included, so the run ends with one
-# summary line for all of them: TEST_WORKERS pytest-xdist workers side by side
-# (most of a rotation is waiting on servers; each worker past the first gets a
-# session lab of its own), longest units first (tests/conftest.py: xdist_group).
-# TEST_WORKERS=0 runs it in one process. `make test-faults` runs the fault suite alone.
-TEST_WORKERS ?= 3
+# summary line for all of them. `make test-faults` runs the fault suite alone.
 test: bootstrap
 	$(MAKE) --no-print-directory lint
-	@$(call run_pytest,tests $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS)))
+	@$(call run_pytest,tests $(WORKERS))
 
 test-faults: bootstrap
-	@$(call run_pytest,tests -m faults)
+	@$(call run_pytest,tests -m faults $(WORKERS))
 
 test-fleet: bootstrap
 	@$(call run_pytest,tests/fleet -m fleet)
