@@ -174,7 +174,7 @@ class ActionModule(EngineAction):
         run_id = _run.new_run_id(self.var("awx_job_id"))
         meta = {"id": run_id, "env": env, "admin_host": admin_host, "phases": phases,
                 "check_mode": self.check_mode, "started": _run.utcnow_iso(), "started_epoch": time.time(),
-                "user": os.environ.get("USER") or None, "controller": socket.gethostname(),
+                "user": _run.current_user(), "controller": socket.gethostname(),
                 "opened_by": self._task.args.get("opened_by") or "preflight", "closed": False,
                 "lock_held": False, "lock_path": _run.lock_path(g.glob("lock_dir"), env)}
         # One run per ansible-playbook process: a later play of the same process (restart.yml

@@ -41,6 +41,16 @@ def utcnow_iso():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def current_user():
+    """Who runs the controller: the login name (LOGNAME, USER, the password database), or
+    'uid N' when there is none (an execution environment under a random UID without a
+    passwd entry, where getpass.getuser() fails): a run must not fail for lack of a name."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError, ImportError):
+        return "uid %d" % os.getuid()
+
+
 def ansible_pid():
     """pid of the ansible-playbook process of this run: the topmost ansible-playbook
     among our ancestors (every task runs in a forked worker of the same name)."""
@@ -135,7 +145,7 @@ def acquire(path, run_id, env, break_stale=False, extra=None):
         raise RotateError("write_failed", "cannot create the lock folder %s: %s" % (parent, exc),
                           hint="set vault_rotate_lock_dir to a folder the controller user can write")
     pid = ansible_pid()
-    owner = {"run_id": run_id, "env": env, "user": getpass.getuser(), "host": socket.gethostname(),
+    owner = {"run_id": run_id, "env": env, "user": current_user(), "host": socket.gethostname(),
              "pid": pid, "pid_started": process_started(pid), "since": utcnow_iso(),
              "awx_job_id": os.environ.get("JOB_ID") or None}
     owner.update(extra or {})
