@@ -12,6 +12,7 @@
 
 Test order and the workers' scheduling units: see xdist_group() below.
 """
+import json
 import os
 import socket
 import sys
@@ -61,7 +62,9 @@ def lab():
         return
     labdir = REPO / ".lab" / ("xdist-" + worker)
     if (labdir / "lab.json").exists():  # left by an interrupted session: its ports may differ
-        LabHandle(Lab(dir=labdir)).labctl("down", "--purge")
+        left = json.loads((labdir / "lab.json").read_text())
+        LabHandle(Lab(dir=labdir, vault_port=left["ports"]["vault"], proxy_port=left["ports"]["proxy"],
+                      frontend_port_base=left["ports"]["frontend_base"], apps=left["apps"])).labctl("down", "--purge")
     base = ports.reserve(WORKER_LAB_PORTS, BLOCK)
     handle = LabHandle(Lab(dir=labdir, vault_port=base, proxy_port=base + 2, frontend_port_base=base + 3))
     os.environ["LAB_DIR"] = str(labdir)
