@@ -201,8 +201,10 @@ def test_restart_sealed_without_keys_then_ready_with_keys(throwaway_lab, tmp_pat
         assert secret not in text, "an unseal key or the root token reached the output"
     # Each playbook of the command is a run of its own (its role opened it and closes it):
     # restart's report, then healthcheck's (latest); report.yml finds no open run.
+    # The sealed run above wrote a ("restart",) report too: oldest first, so the later run's wins
+    # (in directory order it sometimes came last, and the test failed on the sealed run's report).
     reports = {}
-    for path in report_dir(lab).glob("lab-*.json"):
+    for path in sorted(report_dir(lab).glob("lab-*.json"), key=lambda p: p.stat().st_mtime_ns):
         data = json.loads(path.read_text())
         reports[tuple(p["phase"] for p in data["phases"])] = data
     assert {"restart": "passed"} == {p["phase"]: p["gate"] for p in reports[("restart",)]["phases"]}

@@ -352,7 +352,8 @@ def test_key_type_follows_the_pki_role_and_a_refused_setting_stops_preflight(thr
     assert_all_green(lab, proc)
     # The first round made an EC key (nothing installed to follow), sign found that the role
     # refuses it, the rekey round made the key the role requires and signed it.
-    assert re.search(r"included: \S+/roles/preflight/tasks/rekey\.yml", proc.stdout), _tail(proc)
+    # rotate_all runs the rekey round as a play of its own (it ends at once when nothing needs it)
+    assert re.search(r"PLAY \[Phase 0 - new keys where a PKI role demands another key type\]", proc.stdout)
     rekey = re.search(r"TASK \[privsec\.vault_rotate\.preflight : New key and CSR where a PKI role demands.*?\n\n",
                       proc.stdout, re.S)
     assert rekey and re.search(r"^changed: \[lab-%s\]" % app, rekey.group(0), re.M), _tail(proc)
