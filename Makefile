@@ -36,7 +36,7 @@ WORKERS = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS))
 
 help:
 	@echo "make demo         bootstrap, lab up + state, rotate everything on it (rotate_all -l lab), state again"
-	@echo "make test         bootstrap, lint, then every pytest suite (unit, integration, molecule, faults)"
+	@echo "make test         bootstrap, lint, then every pytest suite (unit, integration, molecule, faults, fleet) on TEST_WORKERS=3 workers"
 	@echo "make test-faults  the fault-injection suite alone (issue 5; also part of make test)"
 	@echo "make lint         ruff + ansible-lint (production) + ansible-test sanity"
 	@echo "make sanity       ansible-test sanity only (offline, on a copy under .cache/)"
