@@ -151,6 +151,7 @@ def git(*args, cwd=REPO, check=True):
 
 # -- the two trees -------------------------------------------------------------
 
+
 class Tree:
     """One version of the collection: its root holds ansible.cfg, collections/, playbooks/, inventories/lab/."""
 
@@ -340,6 +341,22 @@ class MemSampler(threading.Thread):
 
 # -- one lab per N and tree ------------------------------------------------------
 
+
+def add_audit_device(lab, hcl, audit_log, server_path, reload, whose):
+    """A file audit device at `server_path` (the path the server sees of `audit_log`) in the
+    server config `hcl`: OpenBao 2.x creates audit devices from the config only (the API
+    refuses), a reload (SIGHUP) creates it; waits until the first request reaches the file."""
+    hcl.write_text(hcl.read_text() + '\naudit "file" "bench" {\n  options {\n    file_path = "%s"\n  }\n}\n'
+                   % server_path)
+    reload()
+    for _ in range(100):
+        if audit_log.exists():
+            return
+        lab.api("GET", "/v1/sys/seal-status")
+        time.sleep(0.1)
+    raise SystemExit("bench: %s audit device did not come up (%s)" % (whose, audit_log))
+
+
 class Bench:
     """One private N-app lab (ansible_connection local, the `command` service backend)."""
 
@@ -376,17 +393,8 @@ class Bench:
         self.audit_log = self.dir / "logs" / "audit.log"
         # OpenBao 2.x creates audit devices from the config only (the API refuses):
         # add a file device to the lab's server config, SIGHUP creates it.
-        hcl = Path(self.info["paths"]["vault_config"])
-        hcl.write_text(hcl.read_text() + '\naudit "file" "bench" {\n  options {\n    file_path = "%s"\n  }\n}\n'
-                       % self.audit_log)
-        self.lab.unit("container-vaultprod", "reload")
-        for _ in range(100):
-            if self.audit_log.exists():
-                break
-            self.lab.api("GET", "/v1/sys/seal-status")
-            time.sleep(0.1)
-        else:
-            raise SystemExit("bench: the audit device did not come up (%s)" % self.audit_log)
+        add_audit_device(self.lab, Path(self.info["paths"]["vault_config"]), self.audit_log, self.audit_log,
+                         lambda: self.lab.unit("container-vaultprod", "reload"), "the")
 
     def down(self, purge=False):
         labctl = getattr(self.labmod, "LABCTL", LABCTL)  # the lab's own labctl
@@ -845,17 +853,8 @@ class FleetBench(Bench):
         # The audit device: a file in the server's own logs folder on its host (written by the
         # service user), read here through the host's folder; same clock (one kernel).
         self.audit_log = self.lab.p["vault_logs"] / "audit.log"
-        hcl = self.lab.p["vault_config"]
-        hcl.write_text(hcl.read_text() + '\naudit "file" "bench" {\n  options {\n    file_path = "%s"\n  }\n}\n'
-                       % self.lab.hp(self.audit_log))
-        self.lab.reload_unit("container-vaultprod")
-        for _ in range(100):
-            if self.audit_log.exists():
-                break
-            self.lab.api("GET", "/v1/sys/seal-status")
-            time.sleep(0.1)
-        else:
-            raise SystemExit("bench: the fleet's audit device did not come up (%s)" % self.audit_log)
+        add_audit_device(self.lab, self.lab.p["vault_config"], self.audit_log, self.lab.hp(self.audit_log),
+                         lambda: self.lab.reload_unit("container-vaultprod"), "the fleet's")
 
     def close_ssh(self):
         """Close the SSH masters (ControlPersist) the runs left: the next run starts cold, and
