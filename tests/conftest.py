@@ -120,7 +120,7 @@ def socket_closed(port, host="127.0.0.1"):
 
 
 # Longest first, so that `make test`'s xdist workers end together (durations of a
-# serial run on the 2-core machine, README "Test suites"); the rest keeps its order.
+# serial run on the 2-core machine, docs/development.md "Test suites"); the rest keeps its order.
 LONGEST_FIRST = (
     "tests/integration/test_molecule.py",  # ~8.5 min, one group: the scenarios share a private lab
     "tests/integration/test_faults.py",    # ~10 min over 13 tests, each on a throwaway lab

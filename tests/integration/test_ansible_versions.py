@@ -122,7 +122,8 @@ def test_claims_match_what_is_tested():
     runtime = yaml.safe_load((REPO / "meta" / "runtime.yml").read_text())
     assert runtime["requires_ansible"] == ">=%s" % _oldest_pin()
     readme = (REPO / "README.md").read_text()
-    table = readme.split("## Supported versions", 1)[1].split("\n## ", 1)[0]
+    # the README section "Supported versions" (a subsection of Requirements), up to the next heading
+    table = re.split(r"^#+ ", readme.split("\n### Supported versions\n", 1)[1], maxsplit=1, flags=re.M)[0]
     for pin in (_oldest_pin(), _newest_pin()):
         assert "| %s |" % pin in table or "`%s`" % pin in table, "README support table lacks %s" % pin
     newest = _ok(_run([REPO / ".venv" / "bin" / "ansible", "--version"]), "ansible --version (.venv)")

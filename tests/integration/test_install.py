@@ -36,7 +36,8 @@ FORBIDDEN_PARTS = {".venv", ".lab", ".cache", ".git", ".pytest_cache", ".ruff_ca
 # What a user of the installed collection needs.
 REQUIRED = ["MANIFEST.json", "FILES.json", "README.md", "meta/runtime.yml", "meta/execution-environment.yml",
             "requirements.txt", "bindep.txt", "playbooks/rotate_all.yml", "inventories/prod/hosts.yml",
-            "inventories/lab/hosts.yml", "docs/awx.md", "CHANGELOG.md"]
+            "inventories/lab/hosts.yml", "docs/awx.md", "CHANGELOG.md", "LICENSE", "SECURITY.md",
+            "CODE_OF_CONDUCT.md"]
 
 
 def _tool(name):

@@ -188,3 +188,70 @@ def test_the_project_cites_only_its_own_docs():
         text = path.read_text(encoding="utf-8", errors="replace")
         found += ["%s: %s" % (rel, name) for name in outside if name in text and rel != "tests/unit/test_repo_layout.py"]
     assert found == []
+
+
+def _markdown_files():
+    skip = (".git", ".venv", ".cache", ".lab", ".fleet", "collections", "tests/output", "context")
+    for path in sorted(REPO.rglob("*.md")):
+        rel = path.relative_to(REPO).as_posix()
+        if not any(rel == s or rel.startswith(s + "/") for s in skip) and not rel.startswith("playbooks/collections"):
+            yield path
+
+
+def _anchors(path):
+    """GitHub's heading anchors of a Markdown file: lowercase, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+    slugs = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        base, n = slug, 1
+        while slug in slugs:
+            slug, n = "%s-%d" % (base, n), n + 1
+        slugs.add(slug)
+    return slugs
+
+
+def test_markdown_links_inside_the_repository_resolve():
+    """Every relative link of the README, SECURITY.md, docs/*.md and the role READMEs names a file
+    that exists, and an #anchor names a heading of that file (docs move between files)."""
+    broken = []
+    for path in _markdown_files():
+        text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+        for target, anchor in re.findall(r"\]\(([^)\s#]*)(?:#([^)\s]*))?\)", text):
+            if re.match(r"[a-z]+\\?:", target):  # a URL (CHANGELOG.md escapes the colon)
+                continue
+            dest = (path.parent / target).resolve() if target else path
+            rel = path.relative_to(REPO).as_posix()
+            if not dest.exists():
+                broken.append("%s: %s does not exist" % (rel, target))
+            elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+                broken.append("%s: %s#%s names no heading" % (rel, target, anchor))
+    assert broken == []
+
+
+def _readme_section(title):
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"^(#+) %s\n(.*?)(?=^#{1,%d} |\Z)" % (re.escape(title), 6), text, flags=re.M | re.S)
+    assert match, "README.md has no section %r" % title
+    level = len(match.group(1))
+    return re.split(r"^#{1,%d} " % level, match.group(2), maxsplit=1, flags=re.M)[0]
+
+
+def test_ci_runs_the_test_command_the_readme_names():
+    """.ci/run is what the README's Testing section tells a person to run, with how long it takes."""
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert ci[-1] == "exec make test", ".ci/run must end with 'exec make test': %s" % ci[-1]
+    testing = _readme_section("Testing")
+    assert "make test" in testing and ".ci/run" in testing
+    assert re.search(r"\d+ minutes", testing), "README Testing names no duration for make test"
+
+
+def test_readme_has_the_sections_users_expect():
+    """The shape of a certified collection's README; the developer detail lives in docs/development.md."""
+    for title in ("Description", "Requirements", "Supported versions", "Installation", "Use cases", "Testing",
+                  "Support", "Release notes and roadmap", "Related information", "License information"):
+        assert _readme_section(title).strip(), "README section %r is empty" % title
+    dev = (REPO / "docs" / "development.md").read_text(encoding="utf-8")
+    for title in ("Make targets", "Test suites", "Faults: gate that catches it"):
+        assert "\n## %s" % title in dev, "docs/development.md lacks %r" % title
