@@ -59,6 +59,9 @@ notes:
   - O(auth_method) and O(token) are ignored - this module always logs in with the certificate.
 seealso:
   - module: privsec.vault_rotate.cert_auth_mapping
+  - module: community.hashi_vault.vault_login
+    description: Log in with any auth method (cert included) and keep the token for later tasks; this module proves
+      the login and the policies, and revokes its token.
 """
 
 EXAMPLES = r"""

@@ -121,6 +121,8 @@ notes:
     V(bad_pem), V(key_mismatch) for the options.
 seealso:
   - module: privsec.vault_rotate.vault_health
+  - module: community.crypto.get_certificate
+    description: Fetch the certificate a TLS server serves (no client certificate, no failure class).
 """
 
 EXAMPLES = r"""

@@ -58,6 +58,8 @@ options:
     default: false
 seealso:
   - module: privsec.vault_rotate.tls_probe
+  - module: community.hashi_vault.vault_read
+    description: Read other Vault API paths with a token (no waiting, no unseal).
 """
 
 EXAMPLES = r"""
