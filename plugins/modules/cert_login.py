@@ -81,6 +81,14 @@ EXAMPLES = r"""
     cert_role: admin
     expected_policies: [vault-rotate-admin]
     policies_match: superset
+
+- name: The same in a Vault Enterprise / OpenBao namespace, through the egress proxy
+  privsec.vault_rotate.cert_login:
+    cert_role: admin
+    expected_policies: [vault-rotate-admin]
+    policies_match: superset
+    namespace: team-a/prod  # or VAULT_NAMESPACE
+    proxy: http://proxy.internal:3128  # or VAULT_PROXY_ADDR; HTTPS_PROXY is not read
 """
 
 RETURN = r"""
