@@ -11,6 +11,9 @@ proxy that is down give errors naming the proxy and the target. HTTPS_PROXY is n
 """
 import os
 import secrets
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +24,8 @@ from vault_api_helpers import admin_args, app_identity_args, pem_of, root_client
 
 pytestmark = pytest.mark.lab
 
+REPO = Path(__file__).resolve().parents[2]
+PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 APP = "ncprd1"
 PROXY_PORTS = range(23300, 23400)  # tests/ports.py: CONNECT proxies of the tests
 POLICIES = ["i13-ns-policy"]
@@ -144,3 +149,70 @@ def test_proxy_down_and_https_proxy_env_ignored(lab):
     finally:
         ports.release(port)
 
+
+def test_run_engine_admin_through_the_proxy_agent_gate_direct_in_the_namespace(lab, namespace, proxy):
+    """The run's connection (catalog: vault_rotate_vault_proxy / _namespace): the admin identity's login goes
+    through the proxy, the agent's login gate reaches the listener directly, in the namespace."""
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+    from ansible_collections.privsec.vault_rotate.plugins.module_utils import _engine
+
+    name = "i13-gate-%s" % APP
+    inside = root_client(lab)
+    inside.namespace = namespace
+    inside.write("auth/cert/certs/%s" % name, {
+        "certificate": pem_of(lab.info["paths"]["ca_chain"]), "allowed_common_names": ["agent-%s.prod.privsec.ch" % APP],
+        "token_policies": POLICIES})
+    env, agent = lab.admin_env(), lab.info["app_paths"][APP]
+    connection = {"url": env["VAULT_ADDR"], "ca_cert": env["VAULT_CACERT"], "client_cert": env["VAULT_CLIENT_CERT"],
+                  "client_key": env["VAULT_CLIENT_KEY"], "tls_server_name": env["VAULT_TLS_SERVER_NAME"],
+                  "cert_role": "admin", "proxy": proxy.url}
+    gates = [{"kind": "admin_login", "name": "admin login", "mapping": "admin", "policies_match": "superset"},
+             {"kind": "login", "name": "agent login in the namespace", "url": env["VAULT_ADDR"],
+              "tls_server_name": env["VAULT_TLS_SERVER_NAME"], "namespace": namespace, "ca_cert": agent["ca"],
+              "client_cert": agent["agent_crt"], "client_key": agent["agent_key"], "mapping": name,
+              "expected_policies": POLICIES}]
+    checked = ArgumentSpecValidator(_engine.ARGUMENT_SPEC).validate(
+        {"phase": "agent_login", "step": "gate", "connection": connection, "gates": gates})
+    assert not checked.error_messages, checked.error_messages
+    out = _engine.run_step(checked.validated_parameters)
+    assert out["failure"] is None, out["failure"]
+    assert [g["ok"] for g in out["gates"]] == [True, True]
+    assert out["gates"][1]["policies"] == ["default"] + POLICIES
+    assert proxy.targets() == ["127.0.0.1:%d" % lab.vault_port]  # the admin's one connection; the gate went direct
+
+    # The admin's connection in a namespace without its mapping: the failure names the namespace.
+    connection.update(namespace=namespace)
+    checked = ArgumentSpecValidator(_engine.ARGUMENT_SPEC).validate(
+        {"phase": "agent_login", "step": "gate", "connection": connection, "gates": gates[:1]})
+    out = _engine.run_step(checked.validated_parameters)
+    assert out["failure"]["failure_class"] == "permission_denied", out["failure"]
+    assert "in namespace '%s'" % namespace in out["failure"]["msg"], out["failure"]
+    assert "bao read -namespace=%s auth/cert/certs/admin" % namespace in out["failure"]["hint"]
+
+
+def _preflight_check(lab, *extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "ANSIBLE_", "LAB_"))}
+    env.update({"LAB_DIR": str(lab.dir), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"})
+    argv = [str(PLAYBOOK), "playbooks/preflight.yml", "-l", "lab", "--check"]
+    for item in extra:
+        argv += ["-e", item]
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    return proc, " ".join((proc.stdout + proc.stderr).split())
+
+
+def test_run_variables_reach_the_engine(lab, proxy):
+    """vault_rotate_vault_proxy / _namespace from the inventory to every admin request of a real run (--check)."""
+    proc, text = _preflight_check(lab, "vault_rotate_vault_proxy=" + proxy.url)
+    assert proc.returncode == 0, text[-3000:]
+    assert len(proxy.log) >= 2 and set(proxy.targets()) == {"127.0.0.1:%d" % lab.vault_port}  # check + sign
+
+    proc, text = _preflight_check(lab, "vault_rotate_vault_namespace=i13-nope")
+    assert proc.returncode != 0
+    assert "Vault namespace 'i13-nope' not found" in text and "vault_rotate_vault_namespace" in text, text[-3000:]
+
+    proc, text = _preflight_check(lab, "vault_rotate_vault_namespace=a//b", "vault_rotate_vault_proxy=http://u:pw@x:1")
+    assert proc.returncode != 0 and "REFUSED (variables of lab)" in text, text[-3000:]
+    assert "vault_rotate_vault_namespace: invalid Vault namespace 'a//b'" in text
+    assert "vault_rotate_vault_proxy: the proxy address http://***@x:1 carries credentials" in text
+    assert "u:pw@" not in text
