@@ -12,6 +12,7 @@ from a range of its own:
     22600-22699  conftest's `throwaway_lab` (blocks of 10)
     22700-22799  the `lab` fixture of xdist workers other than gw0 (blocks of 10)
     23200-23299  test_tls_probe's local servers (single ports)
+    23300-23399  the CONNECT proxies of test_vault_proxy / test_vault_namespace_proxy (single ports)
     28600-28699  test_molecule's private lab (blocks of 10)
     30000-30999  faults.py's resetting forwarders (single ports)
 

@@ -15,6 +15,8 @@ import socket
 import time
 
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._tls import Proxy
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._vault import normalize_namespace
 from ansible_collections.privsec.vault_rotate.plugins.plugin_utils import _catalog, _report
 from ansible_collections.privsec.vault_rotate.plugins.plugin_utils import _run
 from ansible_collections.privsec.vault_rotate.plugins.plugin_utils._action import EngineAction
@@ -74,6 +76,15 @@ class ActionModule(EngineAction):
         if not _DNS_RE.match(str(sni or "")):
             problems.append("vault_rotate_tls_server_name must be a DNS name (the SNI and hostname the listener "
                             "serves), got '%s'" % sni)
+        try:
+            normalize_namespace(value("vault_namespace") or None)
+        except RotateError as err:
+            problems.append("vault_rotate_vault_namespace: %s (%s)" % (err.message, err.hint))
+        if value("vault_proxy"):
+            try:
+                Proxy(value("vault_proxy"))
+            except RotateError as err:
+                problems.append("vault_rotate_vault_proxy: %s (%s)" % (err.message, err.hint))
         for key in ("pki_mount", "cert_auth_mount"):
             if not _NAME_RE.match(str(value(key) or "")):
                 problems.append("vault_rotate_%s is not set" % key)

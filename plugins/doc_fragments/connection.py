@@ -84,6 +84,33 @@ options:
       - If not set, E(VAULT_TOKEN), then E(BAO_TOKEN), is used.
       - Never logged nor returned.
     type: str
+  namespace:
+    description:
+      - Vault namespace (Vault Enterprise, OpenBao 2.3 and later) in which the request paths live, that is the
+        cert auth mount of the login, the PKI mount, the mappings and the token.
+      - The full path from the root namespace, for example V(team-a) or V(team-a/prod); a leading or trailing
+        C(/) is ignored, V(root) and an empty value mean the root namespace.
+      - Sent as the C(X-Vault-Namespace) header on every request except those to endpoints that exist in the root
+        namespace only (C(sys/health), C(sys/seal-status), C(sys/unseal) and the other root-only C(sys/) paths), so
+        M(privsec.vault_rotate.vault_health) works with it set.
+      - A namespace that does not exist fails with C(failure_class=not_found) naming it.
+      - If not set, E(VAULT_NAMESPACE), then E(BAO_NAMESPACE), is used.
+    type: str
+    version_added: 1.0.0
+  proxy:
+    description:
+      - HTTP proxy to reach Vault through, as V(http://host:port) (port 3128 when left out).
+      - The module opens a C(CONNECT host:port) tunnel through it and runs TLS end to end inside. The SNI
+        (O(tls_server_name)), the server certificate check and the client certificate are the same as without a
+        proxy, and the proxy sees neither the client certificate nor the token.
+      - Proxy credentials and TLS to the proxy itself (V(https://) proxies) are not supported.
+      - If not set, E(VAULT_PROXY_ADDR), then E(BAO_PROXY_ADDR), is used (the variables of the Vault and OpenBao
+        CLIs). E(HTTPS_PROXY), E(HTTP_PROXY) and E(NO_PROXY) are not read, so a proxy set for other traffic
+        (package downloads in an execution environment) never carries the Vault connection.
+      - An unreachable proxy, or one that refuses the tunnel (HTTP 403, 407), fails with a message that names the
+        proxy, the target and what to check.
+    type: str
+    version_added: 1.0.0
 notes:
   - The client certificate is presented on every request, as a listener with
     C(tls_require_and_verify_client_cert) needs it also after the login.

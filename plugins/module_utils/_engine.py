@@ -127,9 +127,10 @@ GATE_OPTIONS = dict(
     name=dict(type="str", required=True),
     # unit, token
     unit=dict(type="str"),
-    # login, token (the identity that logs in / reads its token)
+    # login, token (the identity that logs in / reads its token; directly, never through the proxy)
     url=dict(type="str"),
     tls_server_name=dict(type="str"),
+    namespace=dict(type="str"),
     ca_cert=dict(type="path"),
     client_cert=dict(type="path"),
     client_key=dict(type="path", no_log=False),
@@ -177,6 +178,10 @@ CONNECTION_OPTIONS = dict(
     cert_auth_mount=dict(type="str", default="cert"),
     cert_role=dict(type="str"),
     timeout=dict(type="float", default=10),
+    # X-Vault-Namespace of every namespaced request (the admin's and the agents' logins included)
+    namespace=dict(type="str"),
+    # The admin identity's API requests only: an HTTP proxy reached with CONNECT
+    proxy=dict(type="str"),
 )
 
 SIGN_OPTIONS = dict(
@@ -437,12 +442,15 @@ def _client(connection, with_identity=True, token=None):
     return VaultClient(c["url"], ca_cert=c.get("ca_cert"), tls_server_name=c.get("tls_server_name"),
                        client_cert=c.get("client_cert") if with_identity else None,
                        client_key=c.get("client_key") if with_identity else None,
-                       timeout=c.get("timeout") or 10, token=token)
+                       timeout=c.get("timeout") or 10, token=token, namespace=c.get("namespace"),
+                       proxy=c.get("proxy"))
 
 
 def _gate_connection(gate):
+    """An agent identity's connection: the listener directly (as the agent reaches it), in the namespace."""
     return {"url": gate["url"], "ca_cert": gate.get("ca_cert"), "client_cert": gate.get("client_cert"),
-            "client_key": gate.get("client_key"), "tls_server_name": gate.get("tls_server_name"), "timeout": 10}
+            "client_key": gate.get("client_key"), "tls_server_name": gate.get("tls_server_name"),
+            "namespace": gate.get("namespace"), "timeout": 10}
 
 
 def _until(gate, attempt):

@@ -55,8 +55,12 @@ def classify_login_error(err, mapping, mount, cert):
             target = "mapping '%s'" % mapping if mapping else "any mapping"
             return RotateError(
                 "permission_denied",
-                "cert login at auth/%s/login: %s does not accept %s (Vault: %s)" % (mount, target, who, text),
-                "%s; check with: bao read auth/%s/certs/%s" % (why, mount, mapping or "<name>"),
+                "cert login at auth/%s/login%s: %s does not accept %s (Vault: %s)" % (
+                    mount, (" in namespace '%s'" % err.details["namespace"]) if err.details.get("namespace") else "",
+                    target, who, text),
+                "%s; check with: bao read %sauth/%s/certs/%s" % (
+                    why, ("-namespace=%s " % err.details["namespace"]) if err.details.get("namespace") else "",
+                    mount, mapping or "<name>"),
                 dict(err.details, mapping=mapping),
             )
     return err

@@ -16,6 +16,8 @@ import socket
 import ssl
 import time
 
+from urllib.parse import urlsplit
+
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._timing import MAX_PAUSE, Deadline
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import (
     RotateError,
@@ -108,12 +110,15 @@ def make_context(ca_cert=None, ca_pem=None, client_cert=None, client_key=None, v
     return context
 
 
-def connect(host, port, server_name=None, context=None, timeout=10.0):
+def connect(host, port, server_name=None, context=None, timeout=10.0, proxy=None):
     """Open a TLS connection to host:port and finish the handshake.
 
     SNI and the hostname check use `server_name` (default: `host`). Python sends
     no SNI for an IP address, so pass server_name whenever the address is an IP
-    and the server picks its certificate by name. Raises a classified RotateError.
+    and the server picks its certificate by name. With `proxy` (a Proxy), the
+    TCP connection is a CONNECT tunnel through it and the TLS session runs end
+    to end inside: SNI, verification and the client certificate are the same as
+    without it, the proxy sees neither. Raises a classified RotateError.
     """
     if context is None:
         context = make_context()
@@ -122,7 +127,10 @@ def connect(host, port, server_name=None, context=None, timeout=10.0):
     phase = "connect"
     sock = None
     try:
-        sock = socket.create_connection((host, int(port)), timeout=timeout)
+        if proxy is not None:
+            sock = proxy.tunnel(host, port, timeout)
+        else:
+            sock = socket.create_connection((host, int(port)), timeout=timeout)
         phase = "handshake"
         tls = context.wrap_socket(sock, server_hostname=name)
         return tls
@@ -132,7 +140,144 @@ def connect(host, port, server_name=None, context=None, timeout=10.0):
                 sock.close()
             except OSError:
                 pass
-        raise classify_exception(exc, target=target, server_name=name, phase=phase)
+        err = classify_exception(exc, target=target, server_name=name, phase=phase)
+        if proxy is not None and "proxy" not in err.details:
+            err.details["proxy"] = proxy.display
+        raise err
+
+
+# --- HTTP proxy (CONNECT) ------------------------------------------------------------
+
+_PROXY_HEAD_MAX = 16384
+
+
+class Proxy(object):
+    """An HTTP proxy reached with CONNECT: ``http://host:port`` (no credentials, no path).
+
+    Only the tunnel request crosses the proxy in clear (``CONNECT host:port``);
+    whatever is sent through the tunnel afterwards (TLS with SNI, the client
+    certificate, the token) is end to end with the server.
+    """
+
+    def __init__(self, url):
+        text = str(url or "").strip()
+        if "://" not in text:
+            text = "http://" + text
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise RotateError("bad_input", "invalid proxy address %r: %s" % (url, exc),
+                              "use http://host:port (an HTTP proxy that supports CONNECT)")
+        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+            raise RotateError(
+                "bad_input", "invalid proxy address %r" % (_without_userinfo(url),),
+                "use http://host:port: an HTTP proxy that supports CONNECT (TLS to the proxy itself, "
+                "https://, is not supported; the TLS session to Vault runs through the tunnel)")
+        if parts.username is not None or parts.password is not None:
+            raise RotateError(
+                "bad_input", "the proxy address %s carries credentials" % (_without_userinfo(url),),
+                "proxy credentials are not supported (they would show in task arguments and logs): let the "
+                "proxy admit this host by its address, or reach Vault without the proxy")
+        self.host = parts.hostname
+        self.port = port or 3128
+        self.target = "%s:%s" % (self.host, self.port)
+        self.display = "http://%s" % (self.target if ":" not in self.host else "[%s]:%s" % (self.host, self.port))
+
+    def __repr__(self):
+        return "<Proxy %s>" % self.display
+
+    def tunnel(self, host, port, timeout):
+        """A TCP socket tunnelled through the proxy to host:port (RotateError otherwise)."""
+        dest = "%s:%s" % (("[%s]" % host) if ":" in host and not host.startswith("[") else host, port)
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        except Exception as exc:  # pylint: disable=broad-except
+            err = classify_exception(exc, target=self.target, phase="connect")
+            raise RotateError(
+                err.failure_class,
+                "cannot reach the proxy %s: %s" % (self.display, err.message),
+                "check the proxy option (vault_rotate_vault_proxy, VAULT_PROXY_ADDR): its host and port, "
+                "that it runs, and that this host may reach it",
+                dict(err.details, proxy=self.display, phase="proxy"))
+        try:
+            status, reason = self._connect_request(sock, dest, timeout)
+        except RotateError:
+            sock.close()
+            raise
+        except Exception as exc:  # pylint: disable=broad-except
+            sock.close()
+            err = classify_exception(exc, target=self.target, phase="request")
+            raise RotateError(
+                err.failure_class,
+                "the proxy %s did not answer CONNECT %s: %s" % (self.display, dest, err.message),
+                "is %s an HTTP proxy (not the Vault address, not a SOCKS proxy)?" % self.display,
+                dict(err.details, proxy=self.display, phase="proxy"))
+        if 200 <= status < 300:
+            return sock
+        sock.close()
+        raise _refused(self.display, dest, status, reason)
+
+    def _connect_request(self, sock, dest, timeout):
+        request = ("CONNECT %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: privsec.vault_rotate\r\n"
+                   "Proxy-Connection: keep-alive\r\n\r\n" % (dest, dest))
+        sock.settimeout(timeout)
+        sock.sendall(request.encode("ascii"))
+        head = b""
+        # Byte by byte up to the blank line: nothing of the tunnel's first bytes may be read here.
+        while not head.endswith(b"\r\n\r\n"):
+            chunk = sock.recv(1)
+            if not chunk:
+                raise RotateError(
+                    "reset", "the proxy %s closed the connection instead of answering CONNECT %s" % (self.display, dest),
+                    "is %s an HTTP proxy that supports CONNECT? Its log says why it closed" % self.display,
+                    {"proxy": self.display, "target": dest, "phase": "proxy"})
+            head += chunk
+            if len(head) > _PROXY_HEAD_MAX:
+                break
+        line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            raise RotateError(
+                "server_error", "the proxy %s answered CONNECT %s with %r, not HTTP" % (self.display, dest, line[:80]),
+                "is %s an HTTP proxy (not the Vault address, not a SOCKS proxy)?" % self.display,
+                {"proxy": self.display, "target": dest, "phase": "proxy"})
+        return int(parts[1]), (parts[2] if len(parts) > 2 else "").strip()
+
+
+def _without_userinfo(url):
+    text = str(url or "")
+    scheme, sep, rest = text.rpartition("://")
+    if "@" in rest.split("/", 1)[0]:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
+def _refused(display, dest, status, reason):
+    details = {"proxy": display, "target": dest, "status": status, "phase": "proxy"}
+    said = "HTTP %s%s" % (status, (" " + reason) if reason else "")
+    if status == 407:
+        return RotateError(
+            "permission_denied",
+            "the proxy %s requires authentication for CONNECT %s (%s)" % (display, dest, said),
+            "this collection sends no proxy credentials: let the proxy admit this host for CONNECT to %s "
+            "(an ACL by source address), or reach Vault without the proxy" % dest, details)
+    if status in (401, 403, 405):
+        return RotateError(
+            "permission_denied",
+            "the proxy %s refused CONNECT %s (%s)" % (display, dest, said),
+            "its access rules do not allow a tunnel to this host and port (squid allows CONNECT only to "
+            "SSL_ports, 443, by default): allow %s on the proxy, or reach Vault without it" % dest, details)
+    if status in (502, 503, 504):
+        return RotateError(
+            "unreachable",
+            "the proxy %s could not reach %s (%s)" % (display, dest, said),
+            "check the Vault address as the proxy resolves and reaches it (url / vault_rotate_vault_url) and "
+            "that Vault listens there; the proxy's log names the cause", details)
+    return RotateError(
+        "server_error",
+        "the proxy %s answered CONNECT %s with %s" % (display, dest, said),
+        "is %s an HTTP proxy that supports CONNECT? Its log says why it refused" % display, details)
 
 
 def pending_alert(tls_sock, wait=0.2):

@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """One Vault/OpenBao connection for every module: address, TLS server name
 (SNI + hostname check) distinct from the address, CA bundle, client cert on
-every request, cert or token auth, timeouts, bounded retries. Built on
+every request, cert or token auth, namespace, an HTTP proxy (CONNECT),
+timeouts, bounded retries. Built on
 http.client + ssl so SNI and the raw failure (errno 104, alert names) stay
 visible; errors come out as classified RotateError.
 """
@@ -30,7 +31,7 @@ from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors impor
     classify_exception,
     classify_http,
 )
-from ansible_collections.privsec.vault_rotate.plugins.module_utils._tls import connect, make_context, pending_alert
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._tls import Proxy, connect, make_context, pending_alert
 
 
 CONNECTION_ARGSPEC = dict(
@@ -46,7 +47,36 @@ CONNECTION_ARGSPEC = dict(
     cert_auth_mount=dict(type="str", default="cert"),
     cert_role=dict(type="str"),
     token=dict(type="str", no_log=True, fallback=(env_fallback, ["VAULT_TOKEN", "BAO_TOKEN"])),
+    namespace=dict(type="str", fallback=(env_fallback, ["VAULT_NAMESPACE", "BAO_NAMESPACE"])),
+    proxy=dict(type="str", fallback=(env_fallback, ["VAULT_PROXY_ADDR", "BAO_PROXY_ADDR"])),
 )
+
+# Endpoints that exist in the root namespace only: they never carry X-Vault-Namespace
+# (a namespaced sys/health or sys/seal-status is a 404 on Vault Enterprise and OpenBao).
+ROOT_ONLY_PATHS = (
+    "sys/health", "sys/seal-status", "sys/unseal", "sys/seal", "sys/init", "sys/leader", "sys/step-down",
+    "sys/key-status", "sys/rekey", "sys/generate-root", "sys/metrics", "sys/host-info", "sys/storage",
+    "sys/license", "sys/replication", "sys/ha-status", "sys/config/state", "sys/in-flight-req",
+)
+
+
+def root_only(path):
+    """True for a path of ROOT_ONLY_PATHS (or below one): sent without the namespace header."""
+    path = path.lstrip("/").split("?", 1)[0]
+    return any(path == p or path.startswith(p + "/") for p in ROOT_ONLY_PATHS)
+
+
+def normalize_namespace(namespace):
+    """'team-a/' -> 'team-a'; None or '' or '/' or 'root' -> None (the root namespace)."""
+    text = (namespace or "").strip().strip("/")
+    if not text or text == "root":
+        return None
+    if any(not part or part in (".", "..") or part.strip() != part for part in text.split("/")) or any(
+            ch in text for ch in "?#% \t\r\n"):
+        raise RotateError("bad_input", "invalid Vault namespace %r" % (namespace,),
+                          "a namespace path is names separated by '/', for example team-a or team-a/prod")
+    return text
+
 
 # Statuses worth another try when the caller asked for retries.
 RETRY_STATUSES = (429, 503)
@@ -66,20 +96,33 @@ class _SNIConnection(http_client.HTTPConnection if http_client else object):
 
     default_port = 443
 
-    def __init__(self, host, port, server_name, context, timeout):
+    def __init__(self, host, port, server_name, context, timeout, proxy=None):
         http_client.HTTPConnection.__init__(self, host, port, timeout=timeout)
         self._server_name = server_name
         self._context = context
+        self._proxy = proxy
 
     def connect(self):
-        self.sock = connect(self.host, self.port, server_name=self._server_name, context=self._context, timeout=self.timeout)
+        self.sock = connect(self.host, self.port, server_name=self._server_name, context=self._context,
+                            timeout=self.timeout, proxy=self._proxy)
+
+
+class _TunnelConnection(http_client.HTTPConnection if http_client else object):
+    """Plain-HTTP connection through a CONNECT tunnel (an http:// Vault address with a proxy)."""
+
+    def __init__(self, host, port, timeout, proxy):
+        http_client.HTTPConnection.__init__(self, host, port, timeout=timeout)
+        self._proxy = proxy
+
+    def connect(self):
+        self.sock = self._proxy.tunnel(self.host, self.port, self.timeout)
 
 
 class VaultClient(object):
     """Minimal Vault HTTP API client (paths are relative to /v1/)."""
 
     def __init__(self, url, ca_cert=None, client_cert=None, client_key=None, tls_server_name=None,
-                 validate_certs=True, timeout=10.0, retries=0, token=None):
+                 validate_certs=True, timeout=10.0, retries=0, token=None, namespace=None, proxy=None):
         if not url:
             raise RotateError("bad_input", "no Vault address", "set url or VAULT_ADDR / BAO_ADDR")
         parts = urlsplit(url if "://" in url else "https://" + url)
@@ -97,6 +140,8 @@ class VaultClient(object):
         self.token = token or None
         self.requests_made = 0
         self.target = "%s:%s" % (self.host, self.port)
+        self.namespace = normalize_namespace(namespace)
+        self.proxy = Proxy(proxy) if proxy else None
         self._context = None
         if self.scheme == "https":
             self._context = make_context(
@@ -109,7 +154,9 @@ class VaultClient(object):
 
     def _new_connection(self):
         if self.scheme == "https":
-            return _SNIConnection(self.host, self.port, self.server_name, self._context, self.timeout)
+            return _SNIConnection(self.host, self.port, self.server_name, self._context, self.timeout, self.proxy)
+        if self.proxy is not None:
+            return _TunnelConnection(self.host, self.port, self.timeout, self.proxy)
         return http_client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     def close(self):
@@ -158,7 +205,10 @@ class VaultClient(object):
                 )
                 if stale:
                     continue
-                raise classify_exception(exc, target=self.target, server_name=self.server_name, phase=phase)
+                err = classify_exception(exc, target=self.target, server_name=self.server_name, phase=phase)
+                if self.proxy is not None:
+                    err.details.setdefault("proxy", self.proxy.display)
+                raise err
         raise RotateError("reset", "connection to %s reset twice" % self.target)  # pragma: no cover
 
     def request(self, method, path, body=None, auth=True, expect=(200, 204)):
@@ -166,12 +216,17 @@ class VaultClient(object):
 
         Raises a classified RotateError unless the status is in `expect`.
         Retries (only when retries > 0) transport errors and 429/503 with backoff.
+        With a namespace, every request but those to a root-only path
+        (ROOT_ONLY_PATHS) carries it as X-Vault-Namespace.
         """
         path = path.lstrip("/")
         full_path = "%s/v1/%s" % (self.base_path, quote(path, safe="/?=&-_.~:,"))
         headers = {"X-Vault-Request": "true", "Host": self._host_header(), "Accept": "application/json"}
         if auth and self.token:
             headers["X-Vault-Token"] = self.token
+        namespace = self.namespace if not root_only(path) else None
+        if namespace:
+            headers["X-Vault-Namespace"] = namespace
         payload = None
         if body is not None:
             payload = json.dumps(body).encode("utf-8")
@@ -182,12 +237,16 @@ class VaultClient(object):
             try:
                 status, raw = self._send_once(method.upper(), full_path, payload, headers)
                 data = _parse_json(raw)
-                if status in expect:
-                    return status, data
                 errors = (data or {}).get("errors") if isinstance(data, dict) else None
+                # A 404 that read()/delete() take for "absent" is no such thing when the namespace is missing.
+                namespace_missing = namespace and status == 404 and "namespace not found" in str(errors).lower()
+                if status in expect and not namespace_missing:
+                    return status, data
                 if errors is None and raw and data is None:
                     errors = [raw[:200].decode("utf-8", "replace")]
                 error = classify_http(status, errors or [], path)
+                if namespace:
+                    error = self._namespace_error(error, namespace, path)
                 retryable = status in RETRY_STATUSES
             except RotateError as exc:
                 error = exc
@@ -196,6 +255,26 @@ class VaultClient(object):
                 raise error
             attempts_left -= 1
             time.sleep(next(delays))
+
+    @staticmethod
+    def _namespace_error(error, namespace, path):
+        """The HTTP error of a namespaced request, told with its namespace."""
+        errors = error.details.get("errors") or []
+        text = " ".join(str(e) for e in errors) if isinstance(errors, (list, tuple)) else str(errors)
+        details = dict(error.details, namespace=namespace)
+        if error.details.get("status") == 404 and "namespace not found" in text.lower():
+            return RotateError(
+                "not_found",
+                "Vault namespace '%s' not found (HTTP 404 on '%s')" % (namespace, path),
+                "check the namespace option (vault_rotate_vault_namespace, VAULT_NAMESPACE / BAO_NAMESPACE): the "
+                "full path from the root, without a leading or trailing '/'; list them with: bao namespace list "
+                "(in the parent namespace)", details)
+        if error.failure_class in ("not_found", "permission_denied"):
+            hint = "%s; the request went to namespace '%s': the mount, the mapping and the token must live in it" % (
+                error.hint or "check the path", namespace)
+            return RotateError(error.failure_class, error.message, hint, details)
+        error.details["namespace"] = namespace
+        return error
 
     # -- API helpers ----------------------------------------------------------
 
@@ -297,6 +376,7 @@ class VaultModule(AnsibleModule):
                 p["url"], ca_cert=p.get("ca_cert"), client_cert=p.get("client_cert"), client_key=p.get("client_key"),
                 tls_server_name=p.get("tls_server_name"), validate_certs=p.get("validate_certs", True),
                 timeout=p.get("timeout") or 10, retries=p.get("retries") or 0, token=p.get("token"),
+                namespace=p.get("namespace"), proxy=p.get("proxy"),
             )
         except RotateError as err:
             self.fail_from(err)

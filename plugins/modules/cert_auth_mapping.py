@@ -106,6 +106,8 @@ notes:
 seealso:
   - module: privsec.vault_rotate.cert_login
   - module: privsec.vault_rotate.pki_issuers_info
+  - module: community.hashi_vault.vault_write
+    description: Write any Vault path once, without the comparison, the CA bundle check and the diff of this module.
 """
 
 EXAMPLES = r"""

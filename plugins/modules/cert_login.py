@@ -59,6 +59,9 @@ notes:
   - O(auth_method) and O(token) are ignored - this module always logs in with the certificate.
 seealso:
   - module: privsec.vault_rotate.cert_auth_mapping
+  - module: community.hashi_vault.vault_login
+    description: Log in with any auth method (cert included) and keep the token for later tasks; this module proves
+      the login and the policies, and revokes its token.
 """
 
 EXAMPLES = r"""
@@ -78,6 +81,14 @@ EXAMPLES = r"""
     cert_role: admin
     expected_policies: [vault-rotate-admin]
     policies_match: superset
+
+- name: The same in a Vault Enterprise / OpenBao namespace, through the egress proxy
+  privsec.vault_rotate.cert_login:
+    cert_role: admin
+    expected_policies: [vault-rotate-admin]
+    policies_match: superset
+    namespace: team-a/prod  # or VAULT_NAMESPACE
+    proxy: http://proxy.internal:3128  # or VAULT_PROXY_ADDR; HTTPS_PROXY is not read
 """
 
 RETURN = r"""

@@ -223,6 +223,12 @@ notes:
 seealso:
   - module: privsec.vault_rotate.pki_cert
   - module: privsec.vault_rotate.trust_bundle
+  - module: community.crypto.openssl_privatekey
+    description: Generate a private key file on its own (no staging, no pairing with a CSR and its certificate).
+  - module: community.crypto.openssl_csr
+    description: Generate a CSR file on its own.
+  - module: community.crypto.x509_certificate_info
+    description: Read a certificate file (serial, SANs, validity).
 requirements:
   - cryptography >= 3.1
 """

@@ -102,6 +102,12 @@ notes:
 seealso:
   - module: privsec.vault_rotate.cert_auth_mapping
   - module: privsec.vault_rotate.pki_issuers_info
+  - module: community.hashi_vault.vault_pki_generate_certificate
+    description: Issue a certificate with a Vault PKI role through C(hvac), the private key made by Vault (no CSR).
+  - module: community.crypto.openssl_csr
+    description: Make the CSR this module signs, from a key that never leaves the host.
+  - module: community.crypto.x509_certificate_info
+    description: Read the issued certificate (serial, SANs, validity) from a file or PEM.
 """
 
 EXAMPLES = r"""

@@ -48,6 +48,8 @@ notes:
 seealso:
   - module: privsec.vault_rotate.cert_auth_mapping
   - module: privsec.vault_rotate.pki_cert
+  - module: community.crypto.x509_certificate_info
+    description: Inspect one certificate of the returned bundle (subject, validity, key usage).
 """
 
 EXAMPLES = r"""

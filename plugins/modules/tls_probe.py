@@ -119,8 +119,13 @@ notes:
     V(tls_alert) (with RV(tls_alert)), V(untrusted_server_cert), V(hostname_mismatch), V(expired),
     V(not_yet_valid), V(tls_error), V(serial_mismatch); with O(fail_on_error=true) also V(missing_file),
     V(bad_pem), V(key_mismatch) for the options.
+  - The probe connects to O(host) and O(port) directly, never through a proxy (unlike the Vault API modules'
+    O(privsec.vault_rotate.vault_health#module:proxy) option). It proves what that listener itself serves and
+    answers.
 seealso:
   - module: privsec.vault_rotate.vault_health
+  - module: community.crypto.get_certificate
+    description: Fetch the certificate a TLS server serves (no client certificate, no failure class).
 """
 
 EXAMPLES = r"""

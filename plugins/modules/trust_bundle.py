@@ -62,6 +62,8 @@ notes:
 seealso:
   - module: privsec.vault_rotate.cert_material
   - module: privsec.vault_rotate.pki_issuers_info
+  - module: community.crypto.x509_certificate_info
+    description: Inspect one certificate of a bundle.
 requirements:
   - cryptography >= 3.1
 """

@@ -21,6 +21,8 @@ description:
   - When the node is sealed and O(unseal_keys) are given, unseals it (C(changed=true)).
   - C(sys/health), C(sys/seal-status) and C(sys/unseal) need no token; the auth options are accepted
     (so C(module_defaults) can set them for the whole group) and not used.
+  - These endpoints exist in the root namespace only. O(namespace) is accepted and not sent, so the same
+    C(module_defaults) serve a namespaced deployment.
 author:
   - privsec platform engineering (@privsec)
 extends_documentation_fragment:
@@ -58,6 +60,8 @@ options:
     default: false
 seealso:
   - module: privsec.vault_rotate.tls_probe
+  - module: community.hashi_vault.vault_read
+    description: Read other Vault API paths with a token (no waiting, no unseal).
 """
 
 EXAMPLES = r"""

@@ -97,6 +97,15 @@ GLOBALS = [
     S("env", doc="Environment of the selected hosts: the name of their inventory group (-l <env>)."),
     S("vault_url", doc="Vault listener URL as the admin identity reaches it (https://host:port)."),
     S("tls_server_name", doc="TLS server name (SNI) the listener serves and clients verify."),
+    S("vault_namespace", default="",
+      doc="Vault namespace of the PKI mount, the cert auth method and its mappings (Vault Enterprise, OpenBao): "
+          "sent as X-Vault-Namespace on every request of the run but those to root-only endpoints (sys/health, "
+          "sys/seal-status, sys/unseal). Empty: the root namespace."),
+    S("vault_proxy", default="",
+      doc="HTTP proxy (http://host:port, CONNECT; not the vault_proxies app) for the admin identity's Vault API "
+          "requests. TLS runs end to end "
+          "through the tunnel. The gates' TLS probes and the agents' logins reach the listener directly. Empty: "
+          "no proxy; HTTPS_PROXY and NO_PROXY are not read."),
     S("pki_mount", doc="PKI mount (intermediate) that signs every certificate."),
     S("cert_auth_mount", default="cert", doc="Mount of the cert auth method."),
     S("admin_cert", "path", doc="Admin client certificate on the vault_admin host."),
@@ -514,11 +523,13 @@ def _mapping(name, common_name, policies, display_name, ttl, max_ttl, mount):
 
 def _agent_gates(prefix, v, unit, mapping, policies, ca_path, cert_path, key_path, whoami, sink, g):
     login = {"kind": "login", "name": "%s login" % prefix, "url": g("vault_url"),
-             "tls_server_name": g("tls_server_name"), "ca_cert": ca_path, "client_cert": cert_path,
+             "tls_server_name": g("tls_server_name"), "namespace": g("vault_namespace") or None,
+             "ca_cert": ca_path, "client_cert": cert_path,
              "client_key": key_path, "mount": g("cert_auth_mount"), "mapping": mapping,
              "expected_policies": list(policies), "policies_match": "exact", "wait_timeout": 5}
     token = {"kind": "token", "name": "%s new token" % prefix, "unit": unit, "whoami_path": whoami or None,
              "sink_path": None if whoami else sink, "url": g("vault_url"), "tls_server_name": g("tls_server_name"),
+             "namespace": g("vault_namespace") or None,
              "ca_cert": ca_path, "client_cert": cert_path, "client_key": key_path,
              "wait_timeout": v["wait_timeout"], "interval": 0.2}
     return [login, {"kind": "unit", "name": "%s running" % unit, "unit": unit, "wait_timeout": 2}, token]
@@ -642,7 +653,8 @@ def connection(get):
     g = v.glob
     return {"url": g("vault_url"), "ca_cert": g("ca_cert"), "client_cert": g("admin_cert"),
             "client_key": g("admin_key"), "tls_server_name": g("tls_server_name"),
-            "cert_auth_mount": g("cert_auth_mount"), "cert_role": g("admin_mapping"), "timeout": 10}
+            "cert_auth_mount": g("cert_auth_mount"), "cert_role": g("admin_mapping"), "timeout": 10,
+            "namespace": g("vault_namespace") or None, "proxy": g("vault_proxy") or None}
 
 
 def service(get, units=None, get_item=None):

@@ -68,6 +68,7 @@ class FakeVault(ThreadingHTTPServer):
         self.seen = []  # (method, path, host header, has token, sni, client cn)
         self.script = []  # statuses to answer, then 200
         self.sni = []
+        self.namespaces = []  # X-Vault-Namespace of each request (None: absent)
         self.connections = 0
         self.close_after_each = False
         super().__init__(("127.0.0.1", port), Handler)
@@ -102,6 +103,7 @@ class Handler(BaseHTTPRequestHandler):
         srv = self.server
         srv.seen.append((self.command, self.path, self.headers.get("Host"), "X-Vault-Token" in self.headers,
                          cn, body))
+        srv.namespaces.append(self.headers.get("X-Vault-Namespace"))
         status = srv.script.pop(0) if srv.script else 200
         payload = {"errors": ["Vault is sealed"]} if status == 503 else {"errors": []} if status >= 400 else {
             "data": {"path": self.path}}
@@ -359,6 +361,17 @@ def test_bao_twins_and_vault_precedence(files, vault):
 def test_connection_argspec_contract():
     assert set(CONNECTION_ARGSPEC) == {"url", "ca_cert", "client_cert", "client_key", "tls_server_name",
                                        "validate_certs", "timeout", "retries", "auth_method", "cert_auth_mount",
-                                       "cert_role", "token"}
+                                       "cert_role", "token", "namespace", "proxy"}
     assert CONNECTION_ARGSPEC["token"]["no_log"] is True
     assert CONNECTION_ARGSPEC["url"]["fallback"][1] == ["VAULT_ADDR", "BAO_ADDR"]
+    assert CONNECTION_ARGSPEC["namespace"]["fallback"][1] == ["VAULT_NAMESPACE", "BAO_NAMESPACE"]
+    assert CONNECTION_ARGSPEC["proxy"]["fallback"][1] == ["VAULT_PROXY_ADDR", "BAO_PROXY_ADDR"]
+
+
+def test_namespace_header_on_every_request_but_the_root_only_ones(files, vault):
+    c = client(files, vault.port, namespace="/team-a/prod/")
+    c.read("sys/mounts")
+    c.health()
+    c.seal_status()
+    c.login_cert("cert", "admin")
+    assert vault.namespaces == ["team-a/prod", None, None, "team-a/prod"]
