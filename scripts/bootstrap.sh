@@ -9,6 +9,7 @@
 #   2. the newest Python >= 3.12 found (PATH python3.X and pyenv versions by
 #      full path: pyenv shims may be broken), else 3.11
 #   3. .venv/ with that Python, pinned packages from requirements-dev.txt
+#   4. awx.awx in collections/ for ansible-lint (scripts/awx_collection.sh)
 #
 # A stamp file (.venv/.bootstrap-stamp) holds a hash of the requirement files
 # and the interpreter: when nothing changed, the script returns in well under
@@ -135,6 +136,7 @@ want="$( { printf '%s %s\n' "$PY" "$PY_VERSION"; cat "${REQ_FILES[@]}"; } | sha2
 if [ -z "${BOOTSTRAP_FORCE:-}" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
         && "$VENV/bin/python" -c '' 2>/dev/null; then
     say "up to date: $VENV (Python $PY_VERSION from $PY)"
+    VENV="$VENV" "$REPO/scripts/awx_collection.sh"
     exit 0
 fi
 
@@ -161,3 +163,5 @@ printf '%s\n' "$want" >"$STAMP"
 core="$("$VENV/bin/python" -c 'from importlib.metadata import version; print(version("ansible-core"))')"
 bao="$("$VENV/bin/bao" version)"
 say "ready: $VENV (Python $PY_VERSION from $PY), ansible-core $core, ${bao%%$'\n'*}"
+# awx.awx for ansible-lint of extensions/awx/configure.yml (from PyPI's ansible package: no Galaxy here)
+VENV="$VENV" "$REPO/scripts/awx_collection.sh"

@@ -7,8 +7,9 @@ rebuilt only when the pins or the interpreter change) and runs:
 
 - `ansible-doc` of every module, filter and role of the collection;
 - a full `playbooks/rotate_all.yml -l lab` on a throwaway lab (every phase, its
-  gate, a forced restart with unseal, the report), fed like docs/awx.md's AWX
-  credential types, checked from the outside: report, serials, pid, lab health;
+  gate, a forced restart with unseal, the report), fed by the AWX credential
+  types of extensions/awx rendered as AWX renders them (tests/awx_job.py),
+  checked from the outside: report, serials, pid, lab health;
   then the healthcheck role on its own (entry point main, argument spec
   validated, a run of its own opened and closed);
 - on the oldest AND the newest: the same rotation with the engine as a real
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import awx_job
 import pytest
 import yaml
 
@@ -161,40 +163,37 @@ def _serial(path):
 @pytest.mark.destructive
 @pytest.mark.slow
 def test_rotate_all_on_the_oldest_with_awx_style_credentials(oldest_venv, throwaway_lab, tmp_path):
-    """The full rotation on the oldest ansible-core, fed the way docs/awx.md's credential
-    types feed a job: the admin identity as separate files + VAULT_* env + extra vars
-    pointing at them, the unseal keys as an extra-vars LIST with empty fields; a forced
+    """The full rotation on the oldest ansible-core, fed the way extensions/awx's credential
+    types feed a job (rendered as AWX renders them): the admin identity as separate files +
+    VAULT_* env + extra vars pointing at them, the unseal keys as an extra-vars LIST with
+    empty fields, the survey's force and restart answers as AWX's !unsafe strings; a forced
     restart so the unseal path runs."""
     lab = throwaway_lab()
     paths = lab.info["paths"]
     cred = tmp_path / "awx-credential"
     cred.mkdir(mode=0o700)
-    files = {"client_cert": paths["admin_crt"], "client_key": paths["admin_key"],
-             "ca_cert": paths["admin_ca"], "issuing_ca": paths["admin_issuing_ca"]}
-    for name, src in files.items():
-        shutil.copyfile(src, cred / name)
+    # the credential types of extensions/awx rendered as AWX renders them (tests/awx_job.py, shared
+    # with tests/fleet/test_fleet_4_awx.py); survey answers written as AWX writes extra vars
+    types = awx_job.credential_types()
+    admin = awx_job.inject(types[awx_job.ADMIN_TYPE], {
+        "vault_addr": lab.info["url"], "tls_server_name": lab.tls_server_name,
+        "client_cert": Path(paths["admin_crt"]).read_text(), "client_key": Path(paths["admin_key"]).read_text(),
+        "ca_cert": Path(paths["admin_ca"]).read_text(),
+        "issuing_ca": Path(paths["admin_issuing_ca"]).read_text()}, cred)
     keys = json.loads((lab.dir / "secrets" / "init.json").read_text())["keys_base64"]
-    extra = cred / "extra_vars.json"
-    extra.touch(mode=0o600)
-    extra.write_text(json.dumps({
-        "vault_rotate_admin_cert": str(cred / "client_cert"),
-        "vault_rotate_admin_key": str(cred / "client_key"),
-        "vault_rotate_ca_cert": str(cred / "ca_cert"),
-        "vault_rotate_admin_issuing_ca": str(cred / "issuing_ca"),
-        "vault_rotate_unseal_keys": keys[:1] + ["", ""],
-        "vault_rotate_restart_vault": "always",
-        "vault_rotate_force": True,
-    }))
+    unseal = awx_job.inject(types[awx_job.UNSEAL_TYPE], {"unseal_key_1": keys[0]}, cred)
+    extra = cred / "extravars"
+    extra.write_text(awx_job.dump_extra_vars(dict(awx_job.meta_vars(), **awx_job.survey_answers(
+        vault_rotate_force="true", vault_rotate_restart_vault="always"))))
+    creds = admin.args + unseal.args
     lab_admin_serial = _serial(paths["admin_crt"])
-    cred_serial = _serial(cred / "client_cert")
+    cred_serial = _serial(admin.files["client_cert"])
     vault_pid = lab.lab.unit_pid("container-vaultprod")
 
     proc = _run([oldest_venv / "bin" / "ansible-playbook", REPO / "playbooks" / "rotate_all.yml", "-l", "lab",
-                 "-i", REPO / "inventories" / "lab", "-e", "@%s" % extra], timeout=900,
+                 "-i", REPO / "inventories" / "lab", "-e", "@%s" % extra] + creds, timeout=900,
                 LAB_DIR=lab.dir, LAB_VAULT_PORT=lab.vault_port, LAB_PROXY_PORT=lab.proxy_port,
-                LAB_FRONTEND_PORT_BASE=lab.frontend_port_base,
-                VAULT_CLIENT_CERT=cred / "client_cert", VAULT_CLIENT_KEY=cred / "client_key",
-                VAULT_CACERT=cred / "ca_cert", VAULT_TLS_SERVER_NAME=lab.tls_server_name)
+                LAB_FRONTEND_PORT_BASE=lab.frontend_port_base, **admin.env)
     _ok(proc, "rotate_all.yml with ansible-core %s" % _oldest_pin())
     output = proc.stdout + proc.stderr
     assert "Traceback" not in output
@@ -204,7 +203,7 @@ def test_rotate_all_on_the_oldest_with_awx_style_credentials(oldest_venv, throwa
     assert report["summary"]["gates_failed"] == 0
     assert report["summary"]["gates_passed"] >= 5, report["summary"]
     # the admin cert was rotated where the credential put it, the lab's own file untouched
-    assert _serial(cred / "client_cert") != cred_serial
+    assert _serial(admin.files["client_cert"]) != cred_serial
     assert _serial(paths["admin_crt"]) == lab_admin_serial
     # restarted (new pid), unsealed with the list, healthy
     assert lab.lab.unit_pid("container-vaultprod") not in (None, vault_pid)
@@ -214,9 +213,8 @@ def test_rotate_all_on_the_oldest_with_awx_style_credentials(oldest_venv, throwa
     # A role on its own, as a user's playbook uses it (entry point main: its argument spec validated, a run
     # of its own opened and closed): playbooks/healthcheck.yml with the same credentials.
     alone = _run([oldest_venv / "bin" / "ansible-playbook", REPO / "playbooks" / "healthcheck.yml", "-l", "lab",
-                  "-i", REPO / "inventories" / "lab", "-e", "@%s" % extra], timeout=300,
-                 LAB_DIR=lab.dir, VAULT_CLIENT_CERT=cred / "client_cert", VAULT_CLIENT_KEY=cred / "client_key",
-                 VAULT_CACERT=cred / "ca_cert", VAULT_TLS_SERVER_NAME=lab.tls_server_name)
+                  "-i", REPO / "inventories" / "lab", "-e", "@%s" % extra] + creds, timeout=300,
+                 LAB_DIR=lab.dir, **admin.env)
     _ok(alone, "playbooks/healthcheck.yml with ansible-core %s" % _oldest_pin())
     assert "Validating arguments against arg spec" in alone.stdout
     assert not list((lab.dir / "run").glob("vault_rotate-*.lock")), "the role left its run lock behind"
