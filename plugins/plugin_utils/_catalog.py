@@ -99,8 +99,8 @@ def _app(v):
 # set: the controller user's own state folder (XDG Base Directory: $XDG_STATE_HOME, else
 # ~/.local/state), per environment. It exists or can be made for any user with a home folder, root
 # or not, on a workstation as in an execution environment (whose entrypoint gives the job user a
-# writable HOME; ansible-core needs one anyway for ~/.ansible/tmp). docs/operating.md "The run lock
-# and the report" says when to point them elsewhere (shared or persistent storage).
+# writable HOME; ansible-core needs one anyway for ~/.ansible/tmp). docs/operating.md "6. The report
+# and the run lock" says when to point them elsewhere (shared or persistent storage).
 STATE_SHOWN = "${XDG_STATE_HOME:-~/.local/state}/vault-rotate/<vault_rotate_env>"
 
 
