@@ -223,10 +223,12 @@ def default_sentence(setting, markup=True):
     code = (lambda s: "C(%s)" % s) if markup else (lambda s: "`%s`" % s)
     value = (lambda v: "V(%s)" % _yaml_scalar(v)) if markup else (lambda v: "`%s`" % _yaml_scalar(v))
     if setting.glob:
-        fallback = _global(setting.glob).default
+        fallback = _global(setting.glob)
         text = "Defaults to %s" % code(setting.glob)
-        if fallback is not None:
-            text += ", itself %s when unset" % value(fallback)
+        if callable(fallback.default):
+            text += ", itself %s when unset" % code(fallback.shown)
+        elif fallback.default is not None:
+            text += ", itself %s when unset" % value(fallback.default)
         return text + "."
     if callable(setting.default):
         return "Defaults to %s (computed)." % code(setting.shown)

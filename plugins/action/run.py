@@ -122,9 +122,20 @@ class ActionModule(EngineAction):
         keys = self.var("vault_rotate_unseal_keys", [])
         if isinstance(keys, str) or not isinstance(keys, (list, tuple)):
             problems.append("vault_rotate_unseal_keys must be a list (of unseal keys)")
-        if not all(str(value(k) or "").startswith("/") for k in ("report_dir", "lock_dir")):
-            problems.append("vault_rotate_report_dir and vault_rotate_lock_dir must be absolute paths on the "
-                            "controller")
+        for key in ("report_dir", "lock_dir"):
+            # Paths on the controller: absolute, or from ~ (expanded for the controller user); unset,
+            # the controller user's state folder (plugins/plugin_utils/_catalog.py controller_state_dir).
+            try:
+                path = g.glob(key)
+            except RotateError as err:
+                if err.message not in problems:
+                    problems.append(err.message)
+                continue
+            if not os.path.isabs(path):
+                problems.append("vault_rotate_%s must be an absolute path on the controller (or start with ~/, the "
+                                "controller user's home), got '%s'%s" % (
+                                    key, path, " (the controller user has no home folder to expand ~ to)"
+                                    if path.startswith("~") else ""))
         phases = self._task.args.get("phases")
         phases = value("phases", list(_catalog.ROTATING_PHASES)) if phases is None else phases
         unknown = [p for p in phases if p not in _catalog.ROTATING_PHASES]

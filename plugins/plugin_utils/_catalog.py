@@ -20,6 +20,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import difflib
+import os
 
 from ansible.module_utils.common.validation import (
     check_type_bool,
@@ -46,10 +47,10 @@ MISSING = object()
 class Setting(object):
     """One variable: ``<prefix>_<key>``, its type, and where its value comes from."""
 
-    __slots__ = ("key", "type", "default", "glob", "doc", "elements", "choices", "no_log", "shown")
+    __slots__ = ("key", "type", "default", "glob", "doc", "elements", "choices", "no_log", "shown", "controller")
 
     def __init__(self, key, type="str", default=None, glob=None, doc="", elements=None, choices=None,
-                 no_log=False, shown=None):
+                 no_log=False, shown=None, controller=False):
         self.key = key
         self.type = type
         self.default = default      # a value, or a function of the values resolved so far
@@ -59,6 +60,7 @@ class Setting(object):
         self.choices = choices
         self.no_log = no_log
         self.shown = shown          # the default as documented, when it is computed
+        self.controller = controller  # a path on the controller: a leading ~ is expanded there
 
 
 S = Setting
@@ -91,6 +93,29 @@ def _keys(prefix=""):
 
 def _app(v):
     return v["app"]
+
+
+# Where a run keeps its lock, journal and reports when vault_rotate_lock_dir / _report_dir are not
+# set: the controller user's own state folder (XDG Base Directory: $XDG_STATE_HOME, else
+# ~/.local/state), per environment. It exists or can be made for any user with a home folder, root
+# or not, on a workstation as in an execution environment (whose entrypoint gives the job user a
+# writable HOME; ansible-core needs one anyway for ~/.ansible/tmp). docs/operating.md "6. The report
+# and the run lock" says when to point them elsewhere (shared or persistent storage).
+STATE_SHOWN = "${XDG_STATE_HOME:-~/.local/state}/vault-rotate/<vault_rotate_env>"
+
+
+def controller_state_dir(env):
+    """``<state>/vault-rotate/<env>`` on the controller, or RotateError when the user has no home."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(base):  # unset, or relative (the XDG spec says: ignore it)
+        home = os.path.expanduser("~")
+        if not os.path.isabs(home):
+            raise RotateError("bad_input", "vault_rotate_lock_dir and vault_rotate_report_dir are not set and the "
+                                           "controller user has no home folder (HOME unset, no passwd entry) for "
+                                           "their default %s" % STATE_SHOWN,
+                              hint="set XDG_STATE_HOME or HOME, or set both variables to absolute paths")
+        base = os.path.join(home, ".local", "state")
+    return os.path.join(base, "vault-rotate", env)
 
 
 GLOBALS = [
@@ -138,8 +163,14 @@ GLOBALS = [
     S("restart_vault", default="auto", choices=["auto", "always", "never"],
       doc="Restart Vault when a file it reads only at start changed (auto), always, or never."),
     S("unseal_keys", "list", [], elements="str", no_log=True, doc="Unseal keys for a Vault that comes back sealed."),
-    S("report_dir", "path", doc="Folder of the reports on the controller."),
-    S("lock_dir", "path", doc="Folder of the run lock on the controller."),
+    S("report_dir", "path", lambda v: os.path.join(controller_state_dir(v.glob("env")), "reports"),
+      shown=STATE_SHOWN + "/reports", controller=True,
+      doc="Folder of the reports on the controller (absolute, or starting with ~/). The default is the controller user's "
+          "state folder; set it to keep the reports on persistent storage."),
+    S("lock_dir", "path", lambda v: controller_state_dir(v.glob("env")), shown=STATE_SHOWN, controller=True,
+      doc="Folder of the run lock (and the run's journal) on the controller (absolute, or starting with ~/). The lock "
+          "serialises the runs of one environment that share this folder: point every operator of a controller at "
+          "one folder they can all write."),
     S("service_backend", default="systemd_user", choices=["systemd_user", "command"],
       doc="How units are driven on a host."),
     S("service_user", default="", doc="Owner of the systemd user units of a host."),
@@ -355,7 +386,8 @@ ROLES = {
         S("interval", "float", 0.5, doc="Seconds between attempts."),
     ],
     "report": [
-        S("dir", "path", glob="vault_rotate_report_dir", doc="Folder of the reports on the controller."),
+        S("dir", "path", glob="vault_rotate_report_dir", controller=True,
+          doc="Folder of the reports on the controller (absolute, or starting with ~/)."),
         S("set_stats", "bool", True, doc="Publish a summary with set_stats (AWX/AAP artifacts)."),
     ],
 }
@@ -391,7 +423,10 @@ def _coerce(setting, name, value):
             return [str(x) for x in value] if setting.elements == "str" else value
         if setting.type == "dict":
             return check_type_dict(value) if value != "" else {}
-        return value if isinstance(value, str) else str(value)
+        value = value if isinstance(value, str) else str(value)
+        # A controller path is used by this process: ~ means the controller user's home (left as it
+        # is when there is none; the run's variable check then refuses it as not absolute).
+        return os.path.expanduser(value) if setting.controller else value
     except (TypeError, ValueError) as exc:
         raise RotateError("bad_input", "%s: %s" % (name, exc), hint="fix the variable %s" % name)
 
@@ -411,7 +446,7 @@ class Values(object):
             name = "vault_rotate_" + key
             value = self._get(name)
             if value is MISSING or value is None:
-                value = setting.default
+                value = setting.default(self) if callable(setting.default) else setting.default
             if value is None:
                 raise RotateError("bad_input", "%s is not set" % name,
                                   hint="set it in the environment's group_vars (see inventories/prod)")

@@ -104,12 +104,15 @@ def test_env_mismatch_refused(tmp_path):
 def test_bad_variables_refused(throwaway_lab):
     lab = new_lab(throwaway_lab)
     proc = run_playbook(lab.dir, "playbooks/preflight.yml", "-l", "lab",
-                        "-e", "vault_rotate_vault_url=http://127.0.0.1:1/v1", "-e", "vault_rotate_restart_vault=sometimes")
+                        "-e", "vault_rotate_vault_url=http://127.0.0.1:1/v1", "-e", "vault_rotate_restart_vault=sometimes",
+                        "-e", "vault_rotate_report_dir=reports")
     text = one_line(out(proc))
     assert proc.returncode != 0
     assert "REFUSED (variables of lab)" in text
     assert "vault_rotate_vault_url must be https://host[:port] without a path" in text
     assert "vault_rotate_restart_vault must be auto, always or never" in text
+    assert ("vault_rotate_report_dir must be an absolute path on the controller (or start with ~/, the controller "
+            "user's home), got 'reports'") in text
     assert not lock_path(lab).exists()
 
 
@@ -294,3 +297,51 @@ def test_failed_gate_after_preflight_reports_and_releases_lock(throwaway_lab):
     assert [(p["phase"], p["gate"]) for p in report["phases"]] == [("preflight", "passed"), ("healthcheck", "failed")]
     assert report["phases"][1]["failure_class"] == "refused"
     assert report["summary"]["planned"] == len(report["slots"]) > 0
+
+
+def test_defaults_keep_the_lock_and_report_in_the_users_state_folder(throwaway_lab, tmp_path):
+    """The lab's inventory without vault_rotate_lock_dir / _report_dir, run by a user whose HOME is a
+    fresh folder (no XDG_STATE_HOME): a forced rotation takes the lock and writes the report under
+    ~/.local/state/vault-rotate/lab, releases the lock, and publishes the report summary with
+    set_stats (once, not per host: what AWX keeps as the job's artifacts)."""
+    lab = new_lab(throwaway_lab)
+    inventory = tmp_path / "inventory"
+    (inventory / "group_vars").mkdir(parents=True)
+    for rel in ("hosts.yml", "group_vars/lab.yml"):
+        (inventory / rel).write_text((REPO / "inventories" / "lab" / rel).read_text())
+    # the lab's inventory script, minus the two folders (so their defaults apply)
+    script = inventory / "lab.py"
+    script.write_text("#!%s\nimport json, subprocess, sys\n"
+                      "data = json.loads(subprocess.check_output([sys.executable, %r] + sys.argv[1:]))\n"
+                      "for name in ('vault_rotate_report_dir', 'vault_rotate_lock_dir'):\n"
+                      "    data.get('lab', {}).get('vars', {}).pop(name, None)\n"
+                      "print(json.dumps(data))\n" % (sys.executable, str(REPO / "inventories" / "lab" / "lab.py")))
+    script.chmod(0o755)
+    home = tmp_path / "home"
+    state = home / ".local" / "state" / "vault-rotate" / "lab"
+    env = {"HOME": str(home), "ANSIBLE_SHOW_CUSTOM_STATS": "true"}
+    # the lock is where the default says: another run's lock there refuses this one
+    foreign = state / "vault_rotate-lab.lock"
+    foreign.mkdir(parents=True)
+    (foreign / "owner.json").write_text(json.dumps({"run_id": "other-run-7", "env": "lab", "user": "bob",
+                                                    "host": socket.gethostname(), "pid": os.getpid()}))
+    held = run_playbook(lab.dir, "-i", inventory, "playbooks/preflight.yml", "-l", "lab", extra_env=env)
+    assert held.returncode != 0
+    assert "Another rotation of lab holds the lock %s: run other-run-7 by bob@" % foreign in one_line(out(held))
+    (foreign / "owner.json").unlink()
+    foreign.rmdir()
+
+    proc = run_playbook(lab.dir, "-i", inventory, "playbooks/rotate_all.yml", "-l", "lab", "-e", "vault_rotate_force=true",
+                        extra_env=env)
+    assert proc.returncode == 0, out(proc)[-4000:]
+    report = json.loads((state / "reports" / "latest.json").read_text())
+    assert report["status"] == "success" and report["env"] == "lab"
+    assert report["summary"]["rotated"] == report["summary"]["slots"] > 0, report["summary"]
+    assert sorted(p.name for p in state.iterdir()) == ["reports"], "the lock was not released: %s" % sorted(
+        state.iterdir())
+    assert not (Path(lab.dir) / "reports").exists() and not lock_path(lab).exists()
+    # set_stats: one vault_rotate_report for the run (not per host), pointing at the report files
+    stats = out(proc).split("CUSTOM STATS", 1)[-1]
+    assert "RUN:" in stats and "vault_rotate_report" in stats, out(proc)[-3000:]
+    assert report["run_id"] in stats and str(state / "reports" / ("lab-%s.json" % report["run_id"])) in stats
+    assert not re.search(r"^\s*lab-controller:", stats, re.M), "the summary was published per host"

@@ -10,7 +10,8 @@
 - the checkout's own playbooks still find the collection when
   ANSIBLE_COLLECTIONS_PATH is overridden (as AWX/AAP does): every playbook
   parses, and rotate_all's plan (--check) runs the action plugins and the engine;
-- `ansible-builder create` writes a build context from execution-environment.yml.
+- `ansible-builder create` writes a build context from execution-environment.yml with the
+  release tarball, which installs from the context's requirements.yml.
 """
 import json
 import os
@@ -241,17 +242,38 @@ def test_checkout_rotate_all_runs_under_an_overridden_collections_path(throwaway
     assert before and {p: p.read_bytes() for p in before} == before, "check mode changed a certificate"
 
 
-def test_ansible_builder_create(tmp_path):
-    ctx = tmp_path / "context"
-    _ok(_run([_tool("ansible-builder"), "create", "-f", REPO / "execution-environment.yml", "-c", ctx],
-             cwd=REPO), "ansible-builder create")
-    containerfile = next(p for p in (ctx / "Containerfile", ctx / "Dockerfile") if p.exists())
-    text = containerfile.read_text()
+def test_ansible_builder_create(tarball, tmp_path):
+    """The EE installs the release tarball that `ansible-galaxy collection build` makes: beside a copy
+    of execution-environment.yml, the tarball of this tree at the place the file names; `create`
+    puts it in the build context, and its requirements.yml installs the collection from it."""
     ee = yaml.safe_load((REPO / "execution-environment.yml").read_text())
     assert ee["version"] == 3
+    (source,) = [f["src"] for f in ee["additional_build_files"] if f["src"].endswith(".tar.gz")]
+    assert Path(source).name == TARBALL_NAME, "execution-environment.yml builds from %s, galaxy.yml makes %s" % (
+        source, TARBALL_NAME)
+    work = tmp_path / "ee"
+    (work / Path(source).parent).mkdir(parents=True)
+    shutil.copy(tarball, work / source)
+    shutil.copy(REPO / "execution-environment.yml", work)
+    ctx = tmp_path / "context"
+    _ok(_run([_tool("ansible-builder"), "create", "-f", work / "execution-environment.yml", "-c", ctx],
+             cwd=work), "ansible-builder create")
+    containerfile = next(p for p in (ctx / "Containerfile", ctx / "Dockerfile") if p.exists())
+    text = containerfile.read_text()
     assert ee["dependencies"]["ansible_core"]["package_pip"] in text
+    # The galaxy stage copies _build to /build and installs requirements.yml there: do the same.
+    assert "COPY _build /build" in text
     galaxy_reqs = yaml.safe_load((ctx / "_build" / "requirements.yml").read_text())
-    assert any(c["name"].endswith("vault_rotate.git") for c in galaxy_reqs["collections"])
+    (entry,) = galaxy_reqs["collections"]
+    assert entry["type"] == "file" and entry["name"].startswith("/build/"), entry
+    assert (ctx / "_build" / entry["name"][len("/build/"):]).read_bytes() == tarball.read_bytes()
+    reqs = tmp_path / "requirements.yml"
+    reqs.write_text(yaml.safe_dump({"collections": [dict(entry, name=str(ctx / "_build") + entry["name"][len("/build"):])]}))
+    dest = tmp_path / "ee-collections"
+    _ok(_run([_tool("ansible-galaxy"), "collection", "install", "-r", reqs, "-p", dest], cwd=tmp_path),
+        "ansible-galaxy collection install -r <the EE's requirements.yml>")
+    manifest = json.loads((_collection_dir(dest) / "MANIFEST.json").read_text())
+    assert manifest["collection_info"]["version"] == GALAXY["version"]
     # The EE's ansible-core is the newest tested one (requirements-controller.txt).
     pins = re.findall(r"^ansible-core==(\S+)", (REPO / "requirements-controller.txt").read_text(), re.M)
     assert ee["dependencies"]["ansible_core"]["package_pip"] == "ansible-core==%s" % max(

@@ -255,3 +255,93 @@ def test_readme_has_the_sections_users_expect():
     dev = (REPO / "docs" / "development.md").read_text(encoding="utf-8")
     for title in ("Make targets", "Test suites", "Faults: gate that catches it"):
         assert "\n## %s" % title in dev, "docs/development.md lacks %r" % title
+
+
+def test_execution_environment_builds_this_release(galaxy):
+    """execution-environment.yml installs the tarball `ansible-galaxy collection build` makes of this
+    version (galaxy.yml is the one source of the version) and tags the image with it: a version bump
+    that forgets the EE fails here."""
+    ee = load_yaml("execution-environment.yml")
+    version = str(galaxy["version"])
+    tarball = "%s-%s-%s.tar.gz" % (galaxy["namespace"], galaxy["name"], version)
+    sources = [f["src"] for f in ee.get("additional_build_files") or [] if str(f["src"]).endswith(".tar.gz")]
+    assert [os.path.basename(s) for s in sources] == [tarball], "execution-environment.yml builds from %s" % sources
+    entries = [c for c in ee["dependencies"]["galaxy"]["collections"] if "vault_rotate" in str(c["name"])]
+    assert len(entries) == 1 and entries[0].get("type") == "file", entries
+    assert os.path.basename(entries[0]["name"]) == tarball, "the EE installs %s, galaxy.yml says %s" % (
+        entries[0]["name"], version)
+    assert not [c for c in ee["dependencies"]["galaxy"]["collections"] if c.get("type") == "git"], \
+        "the EE installs a git checkout: a release is a tarball (or a Galaxy version)"
+    tags = ee.get("options", {}).get("tags") or []
+    assert tags and all(t.rsplit(":", 1)[-1] == version for t in tags), "image tags %s, version %s" % (tags, version)
+
+
+def _third_party_imports(folder):
+    """{top-level module: [files]} that plugins/ imports and neither the standard library nor ansible provides."""
+    found = {}
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in ("__future__", "ansible", "ansible_collections"):
+                    continue
+                found.setdefault(top, []).append(str(path.relative_to(REPO)))
+    return found
+
+
+def test_requirements_are_the_third_party_imports_of_plugins():
+    """requirements.txt (managed hosts, execution environment) lists exactly what plugins/ imports
+    beyond the standard library and ansible-core, and the controller pins each of them."""
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    imported = {}
+    for module, files in _third_party_imports(REPO / "plugins").items():
+        assert module in dists, "%s imports %s, which no installed distribution provides" % (files[0], module)
+        for dist in dists[module]:
+            imported.setdefault(dist.lower(), files)
+    listed = set(pinned("requirements.txt"))
+    assert listed == set(imported), "requirements.txt lists %s; plugins/ imports %s (%s)" % (
+        sorted(listed), sorted(imported), dict((d, f[:2]) for d, f in imported.items()))
+    controller = pinned("requirements-controller.txt")
+    assert set(imported) <= set(controller), "requirements-controller.txt pins %s" % sorted(controller)
+    assert set(controller) - set(imported) == {"ansible-core"}, \
+        "requirements-controller.txt pins what the collection does not import: %s" % sorted(
+            set(controller) - set(imported) - {"ansible-core"})
+
+
+def test_ansible_cfg_keeps_host_key_checking_on():
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "ansible.cfg")
+    assert cfg.getboolean("defaults", "host_key_checking", fallback=True), \
+        "ansible.cfg turns host key checking off (AWX runs with the project's ansible.cfg)"
+
+
+def test_example_inventory_pins_the_interpreter_only_on_the_local_controller(tmp_path):
+    """inventories/prod as ansible-inventory reads it (group_vars merged): the remote hosts get no
+    interpreter pin and no local connection; the one local host is the vault_admin controller."""
+    import json
+    import subprocess
+
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOCAL_TEMP=str(tmp_path))
+    binary = REPO / ".venv" / "bin" / "ansible-inventory"
+    proc = subprocess.run([str(binary) if binary.exists() else "ansible-inventory", "-i",
+                           str(REPO / "inventories" / "prod"), "--list"], cwd=str(REPO), env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    data = json.loads(proc.stdout)
+    hostvars = data["_meta"]["hostvars"]
+    local = sorted(h for h, v in hostvars.items() if v.get("ansible_connection") == "local")
+    assert local == ["prod-controller"] and local == data["vault_admin"]["hosts"], local
+    for host, hv in hostvars.items():
+        if host in local:
+            assert hv.get("ansible_python_interpreter") == "{{ ansible_playbook_python }}"
+            assert hv.get("ansible_become") is False, "the controller entry must not become (no sudo in an EE)"
+        else:
+            assert "ansible_python_interpreter" not in hv, "%s pins the interpreter" % host
+            assert hv.get("ansible_connection", "ssh") == "ssh" and hv.get("ansible_host"), host
