@@ -2,11 +2,12 @@
 # Run `ansible-test sanity` on a copy of the collection under a real
 # ansible_collections/privsec/vault_rotate folder (.cache/), offline-safe.
 #
-#  - the copy leaves out what is not the collection (.venv .lab .fleet .cache
-#    collections .git tests/output, caches) and the pytest suites + lab
-#    (tests/ other than tests/sanity: controller-only, linted by ruff); tar is used because rsync is not
-#    on a fresh machine of this kind; the copy gets a throwaway git repo so
-#    ansible-test lists its files (see below);
+#  - the copy is what ships: the tarball `ansible-galaxy collection build`
+#    makes of the working tree, unpacked (galaxy.yml build_ignore leaves out
+#    what is not the collection: venvs, labs, caches, the checkout's tools and
+#    config, the pytest suites, the labs and molecule, which are controller-only
+#    and linted by ruff; of tests/ only tests/sanity ships); the copy gets a
+#    throwaway git repo so ansible-test lists its files (see below);
 #  - ansible-test's pip bootstrap (get-pip, normally downloaded) is provided
 #    locally by scripts/ansible_test_get_pip.py;
 #  - every test runs with the controller Python (--venv); `compile` and
@@ -28,26 +29,20 @@ PYBIN="$COPY_ROOT/pythons"
 
 say() { printf 'sanity: %s\n' "$*"; }
 
-# 1. Fresh copy of the collection.
-rm -rf "$DEST"
-mkdir -p "$DEST"
-tar -C "$REPO" -cf - \
-    --exclude=./.venv --exclude=./.lab --exclude=./.fleet --exclude=./.cache --exclude=./.git \
-    --exclude=./bench --exclude=./collections --exclude=./playbooks/collections --exclude=./tests/output --exclude=./reports \
-    --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache \
-    --exclude='./privsec-vault_rotate-*.tar.gz' --exclude=./tests . | tar -C "$DEST" -xf -
-# Of tests/ only tests/sanity (ignore files) goes in: the pytest suites and the
-# lab are controller-only code (Python >= 3.11, never shipped to a target, not
-# in ansible-test's tests/unit layout) and are linted by ruff instead.
-if [ -d "$REPO/tests/sanity" ]; then
-    mkdir -p "$DEST/tests"
-    cp -a "$REPO/tests/sanity" "$DEST/tests/sanity"
-fi
+# 1. Fresh copy of the collection: what ships, the tarball `ansible-galaxy
+#    collection build` makes of the working tree (galaxy.yml build_ignore
+#    decides), unpacked.
+rm -rf "$DEST" "$COPY_ROOT/build"
+mkdir -p "$DEST" "$COPY_ROOT/build"
+"$VENV/bin/ansible-galaxy" collection build --output-path "$COPY_ROOT/build" "$REPO" >/dev/null
+tar -C "$DEST" -xzf "$(ls "$COPY_ROOT"/build/*.tar.gz)"
 # ansible-test lists content with git when it finds a .git in the folder or any
 # parent: without its own repository the copy would resolve to the outer repo,
 # where .cache/ is ignored, and every target would be skipped. A throwaway
-# repository with everything staged (the copied .gitignore applies) fixes that.
+# repository with everything staged fixes that (tests/output, ansible-test's
+# own output, is left out as the checkout's .gitignore does).
 git -C "$DEST" init -q
+printf 'tests/output/\n' >>"$DEST/.git/info/exclude"
 git -C "$DEST" add -A
 
 # 2. Local pip bootstrap for ansible-test's venvs.
