@@ -35,7 +35,8 @@ WORKERS = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS))
 SANITY_LINES ?=
 # make test: `make lint` runs the newest sanity line, the older lines run beside
 # pytest in the background at nice 10 (the lab suites mostly wait on servers and
-# leave CPU idle; a line is CPU-bound for 1.5-2 min), so they add no serial time.
+# leave CPU idle; a line keeps one core busy 70-90 s warm, 2.5-3 min on a fresh
+# machine), so they add no serial time (make test grows ~30 s: docs/development.md).
 # Their output goes to .cache/sanity/beside.log (the errors are shown when a line
 # fails); make test fails when pytest or a line fails. An interrupt stops them too.
 define run_pytest_beside_sanity
@@ -44,7 +45,7 @@ define run_pytest_beside_sanity
 	trap 'kill -TERM -- -$$spid 2>/dev/null || true' INT TERM; \
 	rc=0; $(PYTEST) $(1) || rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; \
 	src=0; wait $$spid || src=$$?; trap - INT TERM; \
-	if [ $$src -ne 0 ]; then grep -E '^(ERROR|FATAL): ' $$log || true; fi; \
+	if [ $$src -ne 0 ]; then grep -E '^(ERROR: |FATAL: The )' $$log || true; fi; \
 	grep '^sanity: ' $$log | tail -n $$([ $$src -eq 0 ] && echo 1 || echo 2) || true; \
 	if [ $$src -ne 0 ]; then echo "sanity: beside pytest: exit $$src (the whole output: $$log)"; fi; \
 	exit $$(( rc != 0 ? rc : src ))
