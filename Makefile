@@ -52,7 +52,7 @@ define run_pytest_beside_sanity
 endef
 
 .PHONY: bench
-.PHONY: help bootstrap demo test test-faults lint ruff ansible-lint sanity unit integration lab-up lab-down lab-status clean distclean
+.PHONY: help bootstrap demo test test-faults lint ruff ansible-lint shellcheck sanity unit integration lab-up lab-down lab-status clean distclean
 .PHONY: fleet-up fleet-down fleet-status fleet-demo test-fleet
 
 help:
@@ -60,7 +60,7 @@ help:
 	@echo "make test         bootstrap, lint (sanity: the newest line), then every pytest suite (unit, integration, molecule,"
 	@echo "                  faults, fleet) on TEST_WORKERS=3 workers, the older sanity lines beside it (niced; last output line)"
 	@echo "make test-faults  the fault-injection suite alone (issue 5; also part of make test)"
-	@echo "make lint         ruff + ansible-lint (production) + ansible-test sanity (every line, as make sanity)"
+	@echo "make lint         ruff + ansible-lint (production) + shellcheck + ansible-test sanity (every line, as make sanity)"
 	@echo "make sanity       ansible-test sanity only, offline, on a copy under .cache/sanity/<line>/, for every"
 	@echo "                  ansible-core line requires_ansible admits (2.19 2.20 2.21), each from its own venv;"
 	@echo "                  one line: SANITY_LINES=2.20 (or newest, older); SANITY_TESTS, SANITY_EXTRA_PYTHONS=0"
@@ -124,14 +124,20 @@ fleet-demo: bootstrap
 	$(FLEETCTL) status
 
 lint: bootstrap
-	@# -k: run all three linters and report every failure, not just the first
-	$(MAKE) -k --no-print-directory ruff ansible-lint sanity
+	@# -k: run every linter and report every failure, not just the first
+	$(MAKE) -k --no-print-directory ruff ansible-lint shellcheck sanity
 
 ruff:
 	$(VENV)/bin/ruff check .
 
 ansible-lint:
 	$(VENV)/bin/ansible-lint --nocolor
+
+# The checkout's shell scripts (they do not ship, so ansible-test's shellcheck
+# does not see them); shellcheck is optional like for ansible-test.
+shellcheck:
+	@if command -v shellcheck >/dev/null; then shellcheck scripts/*.sh tests/fleet/*.sh && echo "shellcheck: passed"; \
+	else echo "shellcheck: not installed, skipped (scripts/bootstrap.sh installs it as root)"; fi
 
 sanity:
 	scripts/sanity.sh $(SANITY_LINES)
