@@ -30,16 +30,40 @@ endef
 TEST_WORKERS ?= 3
 WORKERS = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS))
 
+# ansible-test sanity lines (scripts/sanity.sh): empty = every line requires_ansible
+# admits (2.19 2.20 2.21), else e.g. "2.20", "newest", "older".
+SANITY_LINES ?=
+# make test: `make lint` runs the newest sanity line, the older lines run beside
+# pytest in the background at nice 10 (the lab suites mostly wait on servers and
+# leave CPU idle; a line keeps one core busy 70-90 s warm, 2.5-3 min on a fresh
+# machine), so they add no serial time (make test grows ~30 s: docs/development.md).
+# Their output goes to .cache/sanity/beside.log (the errors are shown when a line
+# fails); make test fails when pytest or a line fails. An interrupt stops them too.
+define run_pytest_beside_sanity
+	mkdir -p .cache/sanity; log=.cache/sanity/beside.log; \
+	setsid nice -n 10 scripts/sanity.sh $(2) >$$log 2>&1 & spid=$$!; \
+	trap 'kill -TERM -- -$$spid 2>/dev/null || true' INT TERM; \
+	rc=0; $(PYTEST) $(1) || rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; \
+	src=0; wait $$spid || src=$$?; trap - INT TERM; \
+	if [ $$src -ne 0 ]; then grep -E '^(ERROR: |FATAL: The )' $$log || true; fi; \
+	grep '^sanity: ' $$log | tail -n $$([ $$src -eq 0 ] && echo 1 || echo 2) || true; \
+	if [ $$src -ne 0 ]; then echo "sanity: beside pytest: exit $$src (the whole output: $$log)"; fi; \
+	exit $$(( rc != 0 ? rc : src ))
+endef
+
 .PHONY: bench
-.PHONY: help bootstrap demo test test-faults lint ruff ansible-lint sanity unit integration lab-up lab-down lab-status clean distclean
+.PHONY: help bootstrap demo test test-faults lint ruff ansible-lint shellcheck sanity unit integration lab-up lab-down lab-status clean distclean
 .PHONY: fleet-up fleet-down fleet-status fleet-demo test-fleet
 
 help:
 	@echo "make demo         bootstrap, lab up + state, rotate everything on it (rotate_all -l lab), state again"
-	@echo "make test         bootstrap, lint, then every pytest suite (unit, integration, molecule, faults, fleet) on TEST_WORKERS=3 workers"
+	@echo "make test         bootstrap, lint (sanity: the newest line), then every pytest suite (unit, integration, molecule,"
+	@echo "                  faults, fleet) on TEST_WORKERS=3 workers, the older sanity lines beside it (niced; last output line)"
 	@echo "make test-faults  the fault-injection suite alone (issue 5; also part of make test)"
-	@echo "make lint         ruff + ansible-lint (production) + ansible-test sanity"
-	@echo "make sanity       ansible-test sanity only (offline, on a copy under .cache/)"
+	@echo "make lint         ruff + ansible-lint (production) + shellcheck + ansible-test sanity (every line, as make sanity)"
+	@echo "make sanity       ansible-test sanity only, offline, on a copy under .cache/sanity/<line>/, for every"
+	@echo "                  ansible-core line requires_ansible admits (2.19 2.20 2.21), each from its own venv;"
+	@echo "                  one line: SANITY_LINES=2.20 (or newest, older); SANITY_TESTS, SANITY_EXTRA_PYTHONS=0"
 	@echo "make unit         pytest tests/unit"
 	@echo "make integration  pytest everything but tests/unit (needs/starts the lab)"
 	@echo "make bench        rotate_all timings, current tree beside a baseline worktree, N = 2 8 32 apps (docs/performance.md)"
@@ -100,8 +124,8 @@ fleet-demo: bootstrap
 	$(FLEETCTL) status
 
 lint: bootstrap
-	@# -k: run all three linters and report every failure, not just the first
-	$(MAKE) -k --no-print-directory ruff ansible-lint sanity
+	@# -k: run every linter and report every failure, not just the first
+	$(MAKE) -k --no-print-directory ruff ansible-lint shellcheck sanity
 
 ruff:
 	$(VENV)/bin/ruff check .
@@ -109,8 +133,14 @@ ruff:
 ansible-lint:
 	$(VENV)/bin/ansible-lint --nocolor
 
+# The checkout's shell scripts (they do not ship, so ansible-test's shellcheck
+# does not see them); shellcheck is optional like for ansible-test.
+shellcheck:
+	@if command -v shellcheck >/dev/null; then shellcheck scripts/*.sh tests/fleet/*.sh && echo "shellcheck: passed"; \
+	else echo "shellcheck: not installed, skipped (scripts/bootstrap.sh installs it as root)"; fi
+
 sanity:
-	scripts/sanity.sh
+	scripts/sanity.sh $(SANITY_LINES)
 
 unit: bootstrap
 	@$(call run_pytest,tests/unit)
@@ -118,12 +148,14 @@ unit: bootstrap
 integration: bootstrap
 	@$(call run_pytest,tests --ignore=tests/unit $(WORKERS))
 
-# Lint first (fail fast, about a minute), then one pytest session over every
-# suite, the fault suite (marker `faults`) included, so the run ends with one
-# summary line for all of them. `make test-faults` runs the fault suite alone.
+# Lint first (fail fast, about 1.5 min; sanity on the newest line), then one
+# pytest session over every suite, the fault suite (marker `faults`) included, so
+# the run ends with one summary line for all of them, with the older sanity lines
+# beside it (their result is the last line). `make test-faults` runs the fault
+# suite alone.
 test: bootstrap
-	$(MAKE) --no-print-directory lint
-	@$(call run_pytest,tests $(WORKERS))
+	$(MAKE) --no-print-directory lint SANITY_LINES=newest
+	@$(call run_pytest_beside_sanity,tests $(WORKERS),older)
 
 test-faults: bootstrap
 	@$(call run_pytest,tests -m faults $(WORKERS))

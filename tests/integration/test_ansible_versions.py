@@ -2,8 +2,9 @@
 
 The newest line is what `.venv` runs (every other suite). The oldest,
 `requires_ansible` in meta/runtime.yml, gets its own venv `.cache/venv-oldest`
-(Python 3.11, else 3.12, found by full path; pins in tests/requirements-oldest.txt;
-rebuilt only when the pins or the interpreter change) and runs:
+(scripts/core_venv.py, shared with scripts/sanity.sh: Python 3.11, else 3.12,
+found by full path; pins in tests/requirements-oldest.txt; rebuilt only when the
+pins or the interpreter change) and runs:
 
 - `ansible-doc` of every module, filter and role of the collection;
 - a full `playbooks/rotate_all.yml -l lab` on a throwaway lab (every phase, its
@@ -19,9 +20,7 @@ rebuilt only when the pins or the interpreter change) and runs:
 
 The README's "Supported versions" table must name exactly these versions.
 """
-import fcntl
-import glob
-import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -35,7 +34,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 REQS = REPO / "tests" / "requirements-oldest.txt"
-VENV = Path(os.environ.get("OLDEST_VENV", REPO / ".cache" / "venv-oldest"))
+_spec = importlib.util.spec_from_file_location("core_venv", REPO / "scripts" / "core_venv.py")
+core_venv = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(core_venv)
+OLDEST = next(iter(core_venv.LINES))
+VENV = core_venv.LINES[OLDEST]["venv"]  # .cache/venv-oldest (OLDEST_VENV)
 NAMESPACE, NAME = "privsec", "vault_rotate"
 FQCN = NAMESPACE + "." + NAME
 
@@ -56,21 +59,6 @@ def _oldest_pin():
 
 def _newest_pin():
     return max(_pinned(REPO / "requirements-controller.txt", "ansible-core"), key=_version)
-
-
-def _find_python():
-    """Python 3.11 or 3.12 (ansible-core 2.19 runs on 3.11-3.13): OLDEST_PYTHON, PATH, then pyenv by full path."""
-    if os.environ.get("OLDEST_PYTHON"):
-        return os.environ["OLDEST_PYTHON"]
-    pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    for minor in ("3.11", "3.12"):
-        found = shutil.which("python" + minor)
-        if found and "/shims/" not in found:
-            return found
-        versions = sorted(glob.glob(os.path.join(pyenv_root, "versions", minor + ".*", "bin", "python3")))
-        if versions:
-            return versions[-1]
-    return None
 
 
 def _clean_env(venv=VENV, **extra):
@@ -96,27 +84,15 @@ def _ok(proc, what):
 
 @pytest.fixture(scope="session")
 def oldest_venv():
-    """.cache/venv-oldest with the pinned oldest ansible-core (built once, under a lock)."""
-    python = _find_python()
-    if not python:
-        pytest.fail("no Python 3.11/3.12 for the oldest ansible-core (set OLDEST_PYTHON=/path/to/python3.11)",
-                    pytrace=False)
-    stamp_value = hashlib.sha256(REQS.read_bytes() + python.encode()).hexdigest()
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(VENV) + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        stamp = VENV / ".stamp"
-        if not (stamp.is_file() and stamp.read_text() == stamp_value):
-            shutil.rmtree(VENV, ignore_errors=True)
-            _ok(subprocess.run([python, "-m", "venv", str(VENV)], capture_output=True, text=True, check=False),
-                "python -m venv %s" % VENV)
-            _ok(subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                                "-r", str(REQS)], capture_output=True, text=True, timeout=600, check=False),
-                "pip install -r %s" % REQS)
-            stamp.write_text(stamp_value)
-    proc = _ok(_run([VENV / "bin" / "ansible", "--version"]), "ansible --version (oldest)")
+    """.cache/venv-oldest with the pinned oldest ansible-core (scripts/core_venv.py: built once, under a lock)."""
+    assert core_venv.LINES[OLDEST]["reqs"] == REQS
+    try:
+        venv = core_venv.ensure(OLDEST)
+    except core_venv.Error as exc:
+        pytest.fail(str(exc), pytrace=False)
+    proc = _ok(_run([venv / "bin" / "ansible", "--version"], venv=venv), "ansible --version (oldest)")
     assert "core %s]" % _oldest_pin() in proc.stdout.splitlines()[0], proc.stdout
-    return VENV
+    return venv
 
 
 def test_claims_match_what_is_tested():

@@ -1,7 +1,10 @@
 """The install paths a user takes, for real: build, install, run from the installed copy.
 
 - `ansible-galaxy collection build` of this working tree gives a clean tarball
-  (no test output, lab state, venvs, caches, symlinks, `collections/` link);
+  (no test output, lab state, venvs, caches, symlinks, `collections/` link) that
+  holds the collection and nothing else: no checkout tooling or config, no
+  pytest suite, lab, fleet, bench or molecule file, of tests/ only the
+  ansible-test ignore files, no `changelogs/.plugin-cache.yaml`;
 - install from the tarball and from git (`git+file://` of a clean clone) into
   fresh folders;
 - `privsec.vault_rotate.rotate_all` (FQCN playbook) runs from the INSTALLED copy
@@ -34,6 +37,13 @@ TARBALL_NAME = "%s-%s-%s.tar.gz" % (GALAXY["namespace"], GALAXY["name"], GALAXY[
 # the collections/ self-link (and its playbook-adjacent twin), build output.
 FORBIDDEN_PARTS = {".venv", ".lab", ".cache", ".git", ".pytest_cache", ".ruff_cache", "__pycache__",
                    "collections", "reports", "output", ".molecule", "context"}
+# The collection, top level (+ any *.md at the root: README, SECURITY, CODE_OF_CONDUCT...);
+# everything else at the root is the checkout's (tools, config, labs, bench, molecule).
+COLLECTION_TOP = {"MANIFEST.json", "FILES.json", "LICENSE", "bindep.txt", "requirements.txt",
+                  "requirements-controller.txt", "execution-environment.yml", "meta", "plugins", "roles",
+                  "playbooks", "docs", "inventories", "changelogs", "tests"}
+# Python outside plugins/ that ships: the example lab inventory's script (docs/install.md).
+SHIPPED_SCRIPTS = {"inventories/lab/lab.py"}
 # What a user of the installed collection needs.
 REQUIRED = ["MANIFEST.json", "FILES.json", "README.md", "meta/runtime.yml", "meta/execution-environment.yml",
             "requirements.txt", "bindep.txt", "playbooks/rotate_all.yml", "inventories/prod/hosts.yml",
@@ -103,6 +113,25 @@ def _assert_clean_tree(names, what):
     assert not problems, "%s is not clean:\n%s" % (what, "\n".join(problems))
 
 
+def _assert_only_the_collection(names, what):
+    """Nothing but the collection: see COLLECTION_TOP, SHIPPED_SCRIPTS; tests/ = tests/sanity/ignore-X.Y.txt."""
+    problems = []
+    for name in names:
+        parts = Path(name).parts
+        if parts[0] not in COLLECTION_TOP and not (len(parts) == 1 and name.endswith(".md")):
+            problems.append("%s: not the collection (galaxy.yml build_ignore)" % name)
+        elif parts[0] == "tests" and not (parts in (("tests",), ("tests", "sanity")) or len(parts) == 3 and parts[1] == "sanity"
+                                          and re.fullmatch(r"ignore-\d+\.\d+\.txt", parts[2])):
+            problems.append("%s: of tests/ only tests/sanity/ignore-X.Y.txt ships" % name)
+        elif name == "changelogs/.plugin-cache.yaml":
+            problems.append("%s: antsibull-changelog's cache" % name)
+        elif parts[:2] == ("inventories", "fleet"):
+            problems.append("%s: the fleet inventory needs the fleet lab of a checkout" % name)
+        elif name.endswith(".py") and parts[0] != "plugins" and name not in SHIPPED_SCRIPTS:
+            problems.append("%s: Python outside plugins/ (a checkout tool or test helper?)" % name)
+    assert not problems, "%s holds more than the collection:\n%s" % (what, "\n".join(problems))
+
+
 def test_tarball_is_clean(tarball):
     with tarfile.open(tarball) as tar:
         members = tar.getmembers()
@@ -110,8 +139,12 @@ def test_tarball_is_clean(tarball):
     links = [m.name for m in members if m.issym() or m.islnk()]
     assert not links, "links in the tarball (a symlink loop waiting to happen): %s" % links
     _assert_clean_tree(names, tarball.name)
+    _assert_only_the_collection(names, tarball.name)
     missing = [r for r in REQUIRED if r not in names]
     assert not missing, "missing from the tarball: %s" % missing
+    # the ansible-test ignore files go with the content an importer runs sanity on
+    ignores = sorted("tests/sanity/" + p.name for p in (REPO / "tests" / "sanity").iterdir())
+    assert ignores and [n for n in ignores if n in names] == ignores, (ignores, names)
     # every plugin file: modules, action plugins, module_utils and plugin_utils of the engine, filters, docs
     plugins = sorted(str(p.relative_to(REPO)) for p in (REPO / "plugins").rglob("*")
                      if p.is_file() and p.suffix in (".py", ".yml") and "__pycache__" not in p.parts)
@@ -134,6 +167,7 @@ def test_install_from_tarball_gives_a_clean_collection(installed_from_tarball):
     files = [str(p.relative_to(coll)) for p in coll.rglob("*")]
     assert not [f for f in files if (coll / f).is_symlink()], "symlinks in the installed copy"
     _assert_clean_tree(files, "the installed copy")
+    _assert_only_the_collection(files, "the installed copy")
 
 
 def test_install_from_git_of_a_clean_clone(tmp_path, installed_from_tarball):
@@ -146,6 +180,7 @@ def test_install_from_git_of_a_clean_clone(tmp_path, installed_from_tarball):
     files = sorted(str(p.relative_to(coll)) for p in coll.rglob("*") if p.is_file())
     assert not [f for f in files if (coll / f).is_symlink()], "symlinks in the git install"
     _assert_clean_tree(files, "the git install")
+    _assert_only_the_collection(files, "the git install")
     # Same content as the tarball install, for every file git knows (the working
     # tree may hold newer uncommitted files; the clone cannot).
     tracked = set(_ok(_run(["git", "ls-files"], cwd=clone), "git ls-files").stdout.split())

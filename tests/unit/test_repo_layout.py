@@ -112,6 +112,57 @@ def test_requires_ansible_covers_every_tested_ansible_core(runtime):
     assert Version(dist_version("ansible-core")) in spec
 
 
+def _core_venv():
+    """scripts/core_venv.py (the ansible-core lines and their pins) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("core_venv", REPO / "scripts" / "core_venv.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sanity_runs_every_ansible_core_line_requires_ansible_admits(runtime):
+    """scripts/sanity.sh runs a line per entry of core_venv.LINES: the oldest is the floor of
+    requires_ansible, the newest the controller pin, none missing in between, each pin admitted."""
+    core_venv = _core_venv()
+    lines = list(core_venv.LINES)
+    spec = SpecifierSet(runtime["requires_ansible"])
+    floor = re.fullmatch(r">=(\d+)\.(\d+)\.\d+", runtime["requires_ansible"])
+    assert floor, "requires_ansible is not '>=X.Y.Z': %s" % runtime["requires_ansible"]
+    newest = max(Version(core_venv.pin(line)) for line in lines)
+    wanted = ["%d.%d" % (newest.major, minor) for minor in range(int(floor.group(2)), newest.minor + 1)]
+    assert int(floor.group(1)) == newest.major and lines == wanted, (lines, wanted)
+    assert runtime["requires_ansible"] == ">=%s" % core_venv.pin(lines[0])
+    for line in lines:
+        assert Version(core_venv.pin(line)) in spec, "ansible-core %s is not admitted by %s" % (core_venv.pin(line), spec)
+
+
+def test_sanity_ignore_files_are_per_line_justified_and_ship(galaxy):
+    """tests/sanity holds an ignore file only for a line sanity runs; every entry is
+    `<path> <test> # <why>` for a file that exists and ships (an importer runs sanity on the tarball)."""
+    from fnmatch import fnmatch
+
+    lines = list(_core_venv().LINES)
+    ignored = galaxy.get("build_ignore", [])
+    for path in sorted((REPO / "tests" / "sanity").iterdir()):
+        match = re.fullmatch(r"ignore-(\d+\.\d+)\.txt", path.name)
+        assert match and match.group(1) in lines, "tests/sanity/%s: not an ignore file of a line in %s" % (path.name, lines)
+        for number, entry in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not entry.strip():
+                continue
+            where = "tests/sanity/%s:%d" % (path.name, number)
+            parsed = re.fullmatch(r"(\S+) (\S+) # (\S.{10,})", entry)
+            assert parsed, "%s: not `<path> <test> # <why>`: %s" % (where, entry)
+            target = parsed.group(1)
+            assert (REPO / target).is_file(), "%s: %s does not exist" % (where, target)
+            # ansible-galaxy skips a folder or file whose path from the root matches a pattern
+            parts = Path(target).parts
+            prefixes = ["/".join(parts[:i + 1]) for i in range(len(parts))]
+            hits = [pat for pat in ignored for prefix in prefixes if fnmatch(prefix, pat)]
+            assert not hits, "%s: %s does not ship (galaxy.yml build_ignore %s)" % (where, target, hits)
+
+
 def test_action_group_entries_are_existing_modules(runtime):
     for group, entries in (runtime.get("action_groups") or {}).items():
         for entry in entries:
