@@ -41,13 +41,13 @@ FORBIDDEN_PARTS = {".venv", ".lab", ".cache", ".git", ".pytest_cache", ".ruff_ca
 # everything else at the root is the checkout's (tools, config, labs, bench, molecule).
 COLLECTION_TOP = {"MANIFEST.json", "FILES.json", "LICENSE", "bindep.txt", "requirements.txt",
                   "requirements-controller.txt", "execution-environment.yml", "meta", "plugins", "roles",
-                  "playbooks", "docs", "inventories", "changelogs", "tests"}
+                  "playbooks", "docs", "inventories", "changelogs", "tests", "extensions"}
 # Python outside plugins/ that ships: the example lab inventory's script (docs/install.md).
 SHIPPED_SCRIPTS = {"inventories/lab/lab.py"}
 # What a user of the installed collection needs.
 REQUIRED = ["MANIFEST.json", "FILES.json", "README.md", "meta/runtime.yml", "meta/execution-environment.yml",
             "requirements.txt", "bindep.txt", "playbooks/rotate_all.yml", "inventories/prod/hosts.yml",
-            "inventories/lab/hosts.yml", "docs/awx.md", "CHANGELOG.md", "LICENSE", "SECURITY.md",
+            "inventories/lab/hosts.yml", "docs/awx.md", "extensions/awx/configure.yml", "CHANGELOG.md", "LICENSE", "SECURITY.md",
             "CODE_OF_CONDUCT.md"]
 
 
@@ -125,6 +125,8 @@ def _assert_only_the_collection(names, what):
             problems.append("%s: of tests/ only tests/sanity/ignore-X.Y.txt ships" % name)
         elif name == "changelogs/.plugin-cache.yaml":
             problems.append("%s: antsibull-changelog's cache" % name)
+        elif parts[0] == "extensions" and len(parts) > 1 and parts[1] != "awx":
+            problems.append("%s: of extensions/ only the AWX set-up (extensions/awx) ships" % name)
         elif parts[:2] == ("inventories", "fleet"):
             problems.append("%s: the fleet inventory needs the fleet lab of a checkout" % name)
         elif name.endswith(".py") and parts[0] != "plugins" and name not in SHIPPED_SCRIPTS:
