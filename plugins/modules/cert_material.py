@@ -75,7 +75,7 @@ options:
       - Mutually exclusive with O(cert_path) and O(key_path).
     type: list
     elements: dict
-    version_added: 0.2.0
+    version_added: 1.0.0
     suboptions:
       name:
         description: Id of the slot, returned as is in its result (for example C(app_leaf/ncprd1)).
@@ -400,7 +400,7 @@ slots:
   returned: step=inspect with slots
   type: list
   elements: dict
-  version_added: 0.2.0
+  version_added: 1.0.0
 before:
   description: O(step=install) / O(step=restore) - the certificate installed before (fields of RV(current)), null if none.
   returned: step=install, step=restore

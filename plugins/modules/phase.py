@@ -40,7 +40,7 @@ description:
     bounded, for a TLS session and sys/health 200, unsealing with the given keys)."
   - "Step of the healthcheck: V(verify) (every host: every gate of its phases against what is installed and
     running now), then V(gate) on the admin host."
-version_added: 0.2.0
+version_added: 1.0.0
 author:
   - privsec platform engineering (@privsec)
 extends_documentation_fragment:

@@ -16,7 +16,7 @@ description:
   - Each file is replaced atomically (temporary file in the same folder, flushed, renamed) and only when its content
     or mode differs, so a second identical task reports C(changed=false).
   - The folder gets O(folder_mode), also when it exists already.
-version_added: 0.2.0
+version_added: 1.0.0
 author:
   - privsec platform engineering (@privsec)
 extends_documentation_fragment:

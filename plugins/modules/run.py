@@ -25,7 +25,7 @@ description:
   - O(state=close) writes the report of the run (C(<env>-<timestamp>.json) and C(.md), and C(latest.json)/C(.md),
     in C(vault_rotate_report_dir); none in check mode), publishes a summary with C(set_stats)
     (C(vault_rotate_report), for AWX/AAP artifacts), and releases the lock.
-version_added: 0.2.0
+version_added: 1.0.0
 author:
   - privsec platform engineering (@privsec)
 extends_documentation_fragment:

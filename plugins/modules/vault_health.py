@@ -158,7 +158,7 @@ ready_at:
   returned: when ready
   type: float
   sample: 1764351000.123
-  version_added: 0.2.0
+  version_added: 1.0.0
 """
 
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
