@@ -19,6 +19,7 @@ from pathlib import Path
 
 import awx_job
 import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 import yaml
 from ansible.module_utils.common.validation import check_type_bool
 
@@ -85,6 +86,10 @@ def test_credential_types_inject_what_the_collection_reads():
         assert ctype["kind"] == "cloud"
         fields = {f["id"]: f for f in ctype["inputs"]["fields"]}
         assert set(ctype["inputs"]["required"]) <= set(fields)
+        # An optional field left empty is not in AWX's template context: a field named like a
+        # Jinja global (namespace, range, dict, ...) would then render as that global.
+        shadow = set(fields) & set(ImmutableSandboxedEnvironment().globals)
+        assert not shadow, "%s: field ids %s are Jinja globals" % (ctype["name"], sorted(shadow))
         files = {label.split(".", 1)[1] for label in ctype["injectors"].get("file", {})}
         text = yaml.safe_dump(ctype["injectors"])
         for ref in re.findall(r"\{\{\s*([\w.]+)\s*\}\}", text):
@@ -124,6 +129,9 @@ def test_injectors_render_like_awx(tmp_path):
     inputs = {"vault_addr": "https://vault.example:8200", "tls_server_name": "vault.example",
               "client_cert": pem, "client_key": "KEY\n", "ca_cert": pem, "issuing_ca": pem}
     admin = awx_job.inject(types[awx_job.ADMIN_TYPE], inputs, tmp_path)
+    extra = awx_job.load_yaml(admin.extra_vars_file)
+    # the optional fields left empty render empty: the run's default (root namespace, no proxy)
+    assert extra["vault_rotate_vault_namespace"] == "" and extra["vault_rotate_vault_proxy"] == ""
     assert sorted(admin.files) == ["ca_cert", "client_cert", "client_key", "issuing_ca"]
     assert admin.files["client_key"].read_text() == "KEY\n"
     assert oct(admin.files["client_key"].stat().st_mode & 0o777) == "0o600"
