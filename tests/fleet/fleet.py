@@ -615,7 +615,9 @@ class Fleet(Lab):
                 if state not in ("running", "degraded"):
                     continue
                 units = ["ssh.service"] + ["user@%d.service" % uid for uid in h.users.values()]
-                if self.systemctl(h, "is-active", *units).returncode != 0:
+                # `is-active a b` exits 0 when ANY of them is active: read one state per unit
+                states = self.systemctl(h, "is-active", *units).stdout.split()
+                if states != ["active"] * len(units):
                     continue
                 if not port_open(22, host=h.address):
                     continue
