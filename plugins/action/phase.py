@@ -454,19 +454,52 @@ class ActionModule(EngineAction):
                 gates.append(gate)
         named = set(g.get("unit") for g in gates if g["kind"] == "unit")
         gates = [{"kind": "unit", "name": "%s running" % u, "unit": u} for u in units if u not in named] + gates
-        params = {"phase": "healthcheck", "step": "verify", "slots": slots, "gates": gates,
-                  "ca_bundle": run.ca_bundle(), "service": SERVICE}
-        if "admin_cert" in phases:
-            params["connection"] = self.connection()
-        found = self.engine_on(run, params, gate="healthcheck")
-        run.write(dict(found, host=self.host, started=self.started), "phase", "healthcheck", "verify", self.host)
+        proven = self.proven_in_run(run, phases)
+        earlier = [{"name": g["name"], "kind": g["kind"], "ok": True, "proven_by": proven[g["name"]]}
+                   for g in gates if g["name"] in proven]
+        gates = [g for g in gates if g["name"] not in proven]
+        found = {"changed": False, "gates": [], "failure": None}
+        if gates:
+            wanted = set(g.get("slot") for g in gates)
+            params = {"phase": "healthcheck", "step": "verify", "slots": [s for s in slots if s["name"] in wanted],
+                      "gates": gates, "ca_bundle": run.ca_bundle(), "service": SERVICE}
+            if "admin_cert" in phases:
+                params["connection"] = self.connection()
+            found = self.engine_on(run, params, gate="healthcheck")
+        run.write(dict(found, host=self.host, started=self.started, proven_earlier=earlier), "phase", "healthcheck",
+                  "verify", self.host)
         if found.get("failure"):
             failure = dict(found["failure"])
             failure["hint"] = failure.get("hint") or HEALTH_MEANINGS.get(failure["failure_class"])
             self.fail_step(run, failure, gate="healthcheck/%s" % self.host)
         held = [g["name"] for g in found.get("gates") or []]
-        return {"changed": False, "gates": found.get("gates"),
-                "msg": "%s: %d gate(s) hold: %s" % (self.host, len(held), ", ".join(held))}
+        return {"changed": False, "gates": (found.get("gates") or []) + earlier,
+                "msg": "%s: %d gate(s) hold: %s%s" % (
+                    self.host, len(held), ", ".join(held) or "-",
+                    "; %d proven by this run's phases, nothing restarted since: %s" % (
+                        len(earlier), ", ".join(g["name"] for g in earlier)) if earlier else "")}
+
+    def proven_in_run(self, run, phases):
+        """{gate name: phase} of the gates this host's phases proved in this run and nothing every
+        client goes through changed since: the healthcheck does not prove them again. A restart
+        (phase restart) voids every such proof, a new listener cert (server_tls) those of the
+        phases before it."""
+        if (run.read("phase", "restart", "decide") or {}).get("do"):
+            return {}
+        listener = any(s.get("action") == "rotated" for a in run.all("phase", "server_tls", "apply").values()
+                       for s in a.get("slots") or [])
+        order = _catalog.ROTATING_PHASES
+        proven = {}
+        for phase in phases:
+            if listener and phase in order and order.index(phase) < order.index("server_tls"):
+                continue
+            applied = run.read("phase", phase, "apply", self.host) or {}
+            if applied.get("failure"):
+                continue
+            for gate in applied.get("gates") or []:
+                if gate.get("ok") and gate.get("checked", True):
+                    proven[gate["name"]] = phase
+        return proven
 
     def step_gate(self):
         """Admin host: the gates that need the admin identity."""
@@ -758,17 +791,23 @@ class ActionModule(EngineAction):
             health = [x for k, x in gates.items() if k.startswith("health:")]
             listener = probes[0] if probes else {}
             proxy = probes[1] if len(probes) > 1 else None
-            msg = "unsealed, HTTP %s; listener serves %s (%s, %.1f days left)%s" % (
+            verified = run.all("phase", "healthcheck", "verify").values()
+            rechecked = sum(len(v.get("gates") or []) for v in verified)
+            earlier = sum(len(v.get("proven_earlier") or []) for v in verified)
+            msg = "unsealed, HTTP %s; listener serves %s (%s, %.1f days left)%s; host gates: %d checked%s" % (
                 (health[0] if health else {}).get("status_code"), listener.get("serial"), listener.get("tls_version"),
                 float(listener.get("days_left") or 0),
                 "; proxy serves %s, seal-status %s" % (proxy.get("serial"), proxy.get("http_status")) if proxy
-                else "; no proxy configured")
+                else "; no proxy configured", rechecked,
+                ", %d proven by this run's phases with nothing restarted since" % earlier if earlier else "")
             return "passed", msg, {"listener_serial": listener.get("serial"),
                                    "listener_not_after": listener.get("not_after"),
-                                   "proxy_serial": proxy.get("serial") if proxy else None}
+                                   "proxy_serial": proxy.get("serial") if proxy else None,
+                                   "host_gates_checked": rechecked, "host_gates_proven_earlier": earlier}
         applied = run.all("phase", self.phase, "apply")
         rotated = [s["slot"] for a in applied.values() for s in a.get("slots") or [] if s["action"] == "rotated"]
-        gates = [x["name"] for a in applied.values() for x in a.get("gates") or []]
+        gates = [x["name"] + (" (by the agent's own login)" if x.get("proven_by") else "")
+                 for a in applied.values() for x in a.get("gates") or []]
         gates += [x["name"] for x in (run.read("phase", self.phase, "gate") or {}).get("gates") or []]
         written = [m["name"] for m in (run.read("phase", self.phase, "mappings") or {}).get("mappings") or []
                    if m.get("changed")]

@@ -46,7 +46,7 @@ from ansible_collections.privsec.vault_rotate.plugins.module_utils._bundle impor
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError, classify_exception
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._files import backup_path
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._health import wait_ready
-from ansible_collections.privsec.vault_rotate.plugins.module_utils._login import cert_login
+from ansible_collections.privsec.vault_rotate.plugins.module_utils._login import cert_login, compare_policies
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._mapping import ensure_mapping
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._material import Material, fields
 from ansible_collections.privsec.vault_rotate.plugins.module_utils import _timing
@@ -502,8 +502,9 @@ def _gate_admin_login(gate, ctx):
 
 
 def _token_data(gate, unit):
-    """(creation_time, policies, meta) of the token the agent holds: lookup-self of the token in
-    its sink (over the listener with the agent's own client cert), or its rendered whoami file."""
+    """{creation_time, policies, meta, display_name} of the token the agent holds: lookup-self of
+    the token in its sink (over the listener with the agent's own client cert), or its rendered
+    whoami file."""
     if gate.get("sink_path"):
         token = (_read_text(gate["sink_path"]) or "").strip()
         if not token:
@@ -519,48 +520,158 @@ def _token_data(gate, unit):
             raise
         finally:
             client.close()
-        return data.get("creation_time"), data.get("policies"), data.get("meta") or {}
+        return data
     text = _read_text(gate["whoami_path"])
     if text is None:
         raise RotateError("missing_file", "%s does not exist" % gate["whoami_path"],
                           hint="the agent renders it after its login: read the log of %s" % unit)
     try:
-        who = json.loads(text)
+        return json.loads(text)
     except ValueError:
         raise RotateError("bad_input", "%s is not JSON (yet)" % gate["whoami_path"])
-    return who.get("creation_time"), who.get("policies"), who.get("meta") or {}
 
 
-def _gate_token(gate, ctx):
-    """The agent holds a token from its CURRENT cert: cert auth records the serial it logged in
-    with. With ``fresh`` (after a restart by this step) the token must also be younger than it."""
+def _token_wanted(gate, ctx):
+    """(since, current serial) a token gate asks for; since None: no freshness (not restarted by
+    this step, or ``fresh`` off). Returns None when the gate does not apply."""
     unit = gate.get("unit")
     since = None
     if gate.get("fresh", True):
         restarted = (ctx["units"].get(unit) or {}).get("at") if unit else None
         if not restarted:
-            return {"checked": False, "why": "not restarted by this step"}
+            return None
         since = int(restarted)
     current = None
     if gate.get("client_cert"):
         cert = _read_bytes(gate["client_cert"])
         current = _x509.load_pem_bundle(cert, what=gate["client_cert"])[0].serial_number if cert else None
+    return since, current
 
-    def attempt():
-        created, policies, meta = _token_data(gate, unit)
-        if since is not None and int(created or 0) < since:
-            raise RotateError("stale_token", "%s holds a token created at %s, before its restart at %s: it did not "
-                              "log in again with the new cert" % (unit, created, since),
-                              hint="the log of %s (a login refused with the new cert?)" % unit)
-        serial = meta.get("serial_number")
-        if current is not None and serial and str(serial) != str(current):
-            raise RotateError("stale_token", "%s holds a token from the cert with serial %s, not from its current "
-                              "cert %s" % (unit, _x509.format_serial(int(serial)), _x509.format_serial(current)),
-                              hint="restart %s: an agent logs in again with a rotated cert only at its next login "
-                                   "(a SIGHUP keeps the old token)" % unit)
-        return {"creation_time": created, "policies": sorted(policies or []),
-                "cert_serial": _x509.format_serial(int(serial)) if serial else None}
-    return _until(gate, attempt)
+
+def _token_attempt(gate, since, current):
+    """One look at the agent's token: fresh (when ``since``) and from the ``current`` cert."""
+    unit = gate.get("unit")
+    if since is not None:
+        # The agent writes its sink (or renders its whoami file) after each login: a file older
+        # than the restart holds the old token, no need to ask Vault (a TLS handshake) yet.
+        path = gate.get("sink_path") or gate.get("whoami_path")
+        try:
+            written = os.stat(path).st_mtime
+        except (OSError, TypeError):
+            written = None
+        if written is not None and written < since - 1:
+            raise RotateError("stale_token", "%s has not written a new token to %s since its restart at %s: it did "
+                              "not log in again with the new cert" % (unit, path, since),
+                              hint="the log of %s (a login refused with the new cert?)" % unit,
+                              details={"unwritten": True})
+    data = _token_data(gate, unit)
+    created, policies, meta = data.get("creation_time"), data.get("policies"), data.get("meta") or {}
+    if since is not None and int(created or 0) < since:
+        raise RotateError("stale_token", "%s holds a token created at %s, before its restart at %s: it did not "
+                          "log in again with the new cert" % (unit, created, since),
+                          hint="the log of %s (a login refused with the new cert?)" % unit)
+    serial = meta.get("serial_number")
+    if current is not None and serial and str(serial) != str(current):
+        raise RotateError("stale_token", "%s holds a token from the cert with serial %s, not from its current "
+                          "cert %s" % (unit, _x509.format_serial(int(serial)), _x509.format_serial(current)),
+                          hint="restart %s: an agent logs in again with a rotated cert only at its next login "
+                               "(a SIGHUP keeps the old token)" % unit)
+    return {"creation_time": created, "policies": sorted(policies or []),
+            "cert_serial": _x509.format_serial(int(serial)) if serial else None,
+            "mapping": meta.get("cert_name"), "display_name": data.get("display_name")}
+
+
+def _gate_token(gate, ctx):
+    """The agent holds a token from its CURRENT cert: cert auth records the serial it logged in
+    with. With ``fresh`` (after a restart by this step) the token must also be younger than it."""
+    wanted = _token_wanted(gate, ctx)
+    if wanted is None:
+        return {"checked": False, "why": "not restarted by this step"}
+    return _until(gate, lambda: _token_attempt(gate, *wanted))
+
+
+class _AgentProof(object):
+    """The login gate of an agent this step restarted, proven by the agent's own login.
+
+    The agent logged in with its new cert after the restart (its token gate: fresh, from the
+    current serial); when that token carries exactly the mapped policies and names the mapping,
+    it is the login the gate would make, so the gate makes none (one login, lookup and revocation
+    fewer per agent). When the agent has not logged in again within the login gate's own wait,
+    or its token differs, the gate logs in itself: a refusal or other policies fail as a login
+    gate always did, naming the mapping and the cert; an agent that stopped running ends the
+    wait (the unit gate names it). The token gate then reuses what was seen.
+    """
+
+    def __init__(self, login, token, wanted, ctx):
+        self.login_gate, self.token_gate, self.wanted, self.ctx = login, token, wanted, ctx
+        self.token_result = self.token_error = None
+
+    def _await_agent(self):
+        """Wait for the agent's fresh token; a direct login once its grace has passed (raises when
+        Vault refuses it). Returns that login's result, or None."""
+        since, current = self.wanted
+        gate = self.token_gate
+        deadline = Deadline(float(gate.get("wait_timeout") or 0), max(float(gate.get("interval") or 0.5), 0.05),
+                            cap=2.0)
+        grace = time.monotonic() + float(self.login_gate.get("wait_timeout") or 5)
+        direct = None
+        while True:
+            try:
+                self.token_result, self.token_error = _token_attempt(gate, since, current), None
+                return direct
+            except RotateError as err:
+                self.token_error = err
+                if err.details.get("unwritten"):
+                    deadline.restart_pauses(0.1)  # only a stat() so far: look again soon, it costs nothing
+            if time.monotonic() >= grace:
+                if direct is None:
+                    direct = _gate_login(dict(self.login_gate, wait_timeout=0), self.ctx)
+                unit = gate.get("unit")
+                services = self.ctx.get("services")
+                if unit and services is not None and not services.active(unit):
+                    return direct  # the unit gate that follows names it; no use waiting for its token
+            if not deadline.wait():
+                return direct
+
+    def login(self):
+        direct = self._await_agent()
+        seen = self.token_result
+        if seen is not None:
+            expected = self.login_gate.get("expected_policies")
+            missing, unexpected = compare_policies(expected, seen["policies"], self.login_gate.get("policies_match")
+                                                   or "exact") if expected is not None else ([], [])
+            mapping = self.login_gate.get("mapping")
+            if not (missing or unexpected) and (not mapping or seen.get("mapping") == mapping):
+                return {"policies": seen["policies"], "display_name": seen.get("display_name"),
+                        "proven_by": "the agent's own login after its restart (token created %s, cert %s)"
+                                     % (seen.get("creation_time"), seen.get("cert_serial"))}
+        return direct or _gate_login(self.login_gate, self.ctx)
+
+    def token(self):
+        if self.token_result is None and self.token_error is None:
+            self._await_agent()
+        if self.token_result is None:
+            raise self.token_error
+        return self.token_result
+
+
+def _agent_proofs(gates, ctx):
+    """{id(gate): proof step} for each login gate followed by the fresh-token gate of the same
+    client cert whose unit this step restarted (the agent phase's apply), and for that token gate."""
+    found = {}
+    for i, login in enumerate(gates):
+        if login["kind"] != "login" or not login.get("client_cert"):
+            continue
+        for token in gates[i + 1:]:
+            if token["kind"] != "token" or token.get("client_cert") != login["client_cert"]:
+                continue
+            wanted = _token_wanted(token, ctx) if token.get("sink_path") or token.get("whoami_path") else None
+            if wanted is not None and wanted[0] is not None:
+                proof = _AgentProof(login, token, wanted, ctx)
+                found[id(login)] = proof.login
+                found[id(token)] = proof.token
+            break
+    return found
 
 
 def _gate_files(gate, ctx):
@@ -683,9 +794,10 @@ _GATES = {"unit": _gate_unit, "login": _gate_login, "token": _gate_token, "files
 def run_gates(gates, ctx, stop_on_failure=True):
     """Run the gates in order; [{name, kind, ok, ...}]; raises GateFailed at the first that fails."""
     out = []
+    proofs = _agent_proofs(gates, ctx)
     for gate in gates:
         try:
-            found = _GATES[gate["kind"]](gate, ctx)
+            found = proofs[id(gate)]() if id(gate) in proofs else _GATES[gate["kind"]](gate, ctx)
         except Exception as exc:  # every failure of a gate is data for the report
             error = exc if isinstance(exc, RotateError) else classify_exception(exc)
             if gate.get("next"):

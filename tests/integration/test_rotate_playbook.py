@@ -198,6 +198,14 @@ def test_rotate_all_rotates_every_slot_then_changes_nothing(throwaway_lab):
     report = json.loads((lab.dir / "reports" / "latest.json").read_text())
     restart = [p for p in report.get("phases", []) if p.get("phase") == "restart"]
     assert restart and restart[0]["gate"] == "skipped", restart
+    # Each restarted agent's login gate was its own login with the new cert (no second login),
+    # and with nothing restarted the healthcheck took the phases' proofs of each host's gates
+    # (only what no phase proved is checked again).
+    phases = {p["phase"]: p for p in report["phases"]}
+    for app in info["apps"]:
+        assert "agent %s login (by the agent's own login)" % app in phases["agent_login"]["msg"], phases["agent_login"]
+    assert int(report["extra"]["host_gates_proven_earlier"]) >= 4 * len(info["apps"]), report["extra"]
+    assert "proven by this run's phases" in phases["healthcheck"]["msg"], phases["healthcheck"]
     print("listener probe during the run: %d ok, %d failed, %d skipped (admin files mid-install)"
           % (probe.ok, len(probe.failures), probe.client_side))
     assert probe.ok > 100, (probe.ok, probe.failures[:5])
