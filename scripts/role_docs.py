@@ -82,7 +82,9 @@ _PHASE = {
          "signed in preflight and the agent's CA file installed, the agent restarted (a SIGHUP keeps the old token)."),
         ("Gate: a cert login with the NEW cert yields exactly the mapped policies, the agent unit runs, and the agent "
          "logged in again (a token created after its restart, read from O(agent_login_whoami_path), or the sink "
-         "O(agent_login_sink_path) when that is empty)."),
+         "O(agent_login_sink_path) when that is empty). The agent's own new login is that cert login when its token "
+         "names the mapping, the new cert's serial and exactly the mapped policies; otherwise, or when the agent has "
+         "not logged in again within 5 s, the gate logs in with the new cert itself."),
     ],
     "app_leaf": [
         ("Phase 4, on each C(vault_apps) host: installs the nginx frontend cert signed in preflight (key, cert and "

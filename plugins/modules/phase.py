@@ -39,7 +39,8 @@ description:
     start only, or always), V(apply) (the Vault and proxy hosts: restart the units), V(ready) (admin host: wait,
     bounded, for a TLS session and sys/health 200, unsealing with the given keys)."
   - "Step of the healthcheck: V(verify) (every host: every gate of its phases against what is installed and
-    running now), then V(gate) on the admin host."
+    running now; in a whole run, a gate that this run's phase proved on that host is not proved again unless a
+    restart happened since, or the listener cert changed after that phase), then V(gate) on the admin host (always)."
 version_added: 1.0.0
 author:
   - privsec platform engineering (@privsec)
