@@ -246,7 +246,7 @@ class VaultClient(object):
                     errors = [raw[:200].decode("utf-8", "replace")]
                 error = classify_http(status, errors or [], path)
                 if namespace:
-                    error = self._namespace_error(error, namespace, path)
+                    error = self._namespace_error(error, namespace, path, namespace_missing)
                 retryable = status in RETRY_STATUSES
             except RotateError as exc:
                 error = exc
@@ -257,12 +257,11 @@ class VaultClient(object):
             time.sleep(next(delays))
 
     @staticmethod
-    def _namespace_error(error, namespace, path):
-        """The HTTP error of a namespaced request, told with its namespace."""
-        errors = error.details.get("errors") or []
-        text = " ".join(str(e) for e in errors) if isinstance(errors, (list, tuple)) else str(errors)
+    def _namespace_error(error, namespace, path, missing):
+        """The HTTP error of a namespaced request, told with its namespace (``missing``: Vault
+        answered that the namespace itself does not exist)."""
         details = dict(error.details, namespace=namespace)
-        if error.details.get("status") == 404 and "namespace not found" in text.lower():
+        if missing:
             return RotateError(
                 "not_found",
                 "Vault namespace '%s' not found (HTTP 404 on '%s')" % (namespace, path),
