@@ -648,8 +648,8 @@ class _AgentProof(object):
         return direct or _gate_login(self.login_gate, self.ctx)
 
     def token(self):
-        if self.token_result is None and self.token_error is None:
-            self._await_agent()
+        # login() comes first (the pairing takes a token gate after its login gate) and always
+        # leaves what it saw: the fresh token, or the error of the last look at it.
         if self.token_result is None:
             raise self.token_error
         return self.token_result
