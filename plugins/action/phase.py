@@ -140,7 +140,7 @@ class ActionModule(EngineAction):
         return _catalog.connection(self.get)
 
     def work(self, phase=None):
-        return _catalog.host_work(phase or self.phase, self.get)
+        return _catalog.host_work(phase or self.phase, self.get, self.get_item)
 
     @staticmethod
     def as_planned(spec, planned):

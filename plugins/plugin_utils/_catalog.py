@@ -302,7 +302,7 @@ ROLES = {
         S("owner", glob="vault_rotate_app_owner", doc="Owner of the files (kept when empty)."),
         S("group", glob="vault_rotate_app_group", doc="Group of the files (kept when empty)."),
         S("unit", default=lambda v: "nginx-" + _app(v), shown="nginx-<app>", doc="Unit of the frontend (reloaded)."),
-        S("endpoint", "dict", lambda v: (v.glob("frontend_endpoints") or {}).get(_app(v)) or {},
+        S("endpoint", "dict", lambda v: v.glob_item("frontend_endpoints", _app(v)) or {},
           shown="vault_rotate_frontend_endpoints[app]", doc="Where the frontend serves ({host, port}); empty: file checks only."),
         S("min_days_left", "float", 1, doc="A new cert must be valid at least this many days."),
         _FORCE, _RENEW,
@@ -434,9 +434,10 @@ def _coerce(setting, name, value):
 class Values(object):
     """The resolved settings of one role for one host (``v[key]``), with the globals at hand."""
 
-    def __init__(self, role, get):
+    def __init__(self, role, get, get_item=None):
         self.role = role
         self._get = get
+        self._get_item = get_item
         self._values = {}
         self._globals = {}
 
@@ -452,6 +453,17 @@ class Values(object):
                                   hint="set it in the environment's group_vars (see inventories/prod)")
             self._globals[key] = _coerce(setting, name, value)
         return self._globals[key]
+
+    def glob_item(self, key, item):
+        """``glob(key).get(item)`` of a mapping global. With a ``get_item`` only that entry is
+        templated: a mapping with an entry per app, templated whole on every app host, costs
+        O(apps^2) over a run. A missing entry, or a value that is not a mapping as written,
+        reads the whole value (its default, or the error that names its type)."""
+        if self._get_item is not None and key not in self._globals:
+            value = self._get_item("vault_rotate_" + key, item)
+            if value is not MISSING:
+                return value
+        return (self.glob(key) or {}).get(item)
 
     def __getitem__(self, key):
         return self._values[key]
@@ -482,9 +494,10 @@ class Values(object):
 _GLOBAL_BY_KEY = dict((s.key, s) for s in GLOBALS)
 
 
-def settings(role, get):
-    """The resolved settings of ``role`` (a Values); RotateError('bad_input') names a bad variable."""
-    return Values(role, get).resolve(ROLES[role])
+def settings(role, get, get_item=None):
+    """The resolved settings of ``role`` (a Values); RotateError('bad_input') names a bad variable.
+    ``get_item(name, key)``: one entry of a mapping variable, templated alone (see service())."""
+    return Values(role, get, get_item).resolve(ROLES[role])
 
 
 # Role prefixes distinctive enough that an unknown variable with one is a misspelling of ours
@@ -570,12 +583,12 @@ def _agent_gates(prefix, v, unit, mapping, policies, ca_path, cert_path, key_pat
     return [login, {"kind": "unit", "name": "%s running" % unit, "unit": unit, "wait_timeout": 2}, token]
 
 
-def host_work(phase, get):
-    """What ``phase`` does on the host whose variables ``get`` reads.
+def host_work(phase, get, get_item=None):
+    """What ``phase`` does on the host whose variables ``get`` reads (``get_item``: see settings()).
 
     Returns {slots, bundles, units, gates, mappings, next}: the engine's specs.
     """
-    v = settings(phase, get)
+    v = settings(phase, get, get_item)
     g = v.glob
     work = {"slots": [], "bundles": [], "units": [], "gates": [], "mappings": [], "values": v.as_dict()}
     if phase == "admin_cert":
