@@ -59,6 +59,10 @@ from ansible_collections.privsec.vault_rotate.plugins.module_utils._vault import
 HOST_STEPS = ("plan", "apply", "rollback", "verify")
 ADMIN_STEPS = ("check", "sign", "mappings", "gate", "ready")
 STEPS = HOST_STEPS + ADMIN_STEPS
+# A probe gate follows the reload of what it probes: nginx serves the new cert some
+# milliseconds after the SIGHUP, so its retries start this short (growing to the gate's interval
+# and beyond) instead of waiting a whole interval (0.5 s per frontend) for a change under way.
+PROBE_FIRST_PAUSE = 0.05
 
 # ------------------------------------------------------------------ specs
 # Argument specs (AnsibleModule format) of everything a step takes: the module
@@ -728,7 +732,8 @@ def _gate_probe(gate, ctx):
 def _probe_one(gate, name, context, unverified, expect):
     result = probe_until(gate["host"], gate["port"], server_name=name, context=context,
                          unverified_context=unverified, http_path=gate.get("http_path"), expect_serial=expect,
-                         wait_timeout=gate.get("wait_timeout") or 0, interval=gate.get("interval") or 0.5)
+                         wait_timeout=gate.get("wait_timeout") or 0, interval=gate.get("interval") or 0.5,
+                         first_pause=PROBE_FIRST_PAUSE)
     if result["ok"] and gate.get("expect_status") and result.get("http_status") != gate["expect_status"]:
         result.update(ok=False, failure_class="server_error", hint="read the log of the proxy and of Vault",
                       msg="%s (TLS name %s) answered HTTP %s to GET %s, expected %s" % (

@@ -558,7 +558,7 @@ def _probe_expecting(host, port, server_name, context, unverified_context, timeo
 
 
 def probe_until(host, port, server_name=None, context=None, unverified_context=None, timeout=10, http_path=None,
-                expect_serial=None, expect_fingerprint=None, wait_timeout=0, interval=1):
+                expect_serial=None, expect_fingerprint=None, wait_timeout=0, interval=1, first_pause=None):
     """probe() again, with a growing pause, until it is ok (and serves `expect_serial` /
     `expect_fingerprint` when given) or `wait_timeout` seconds have passed.
 
@@ -567,11 +567,14 @@ def probe_until(host, port, server_name=None, context=None, unverified_context=N
     observed (the outcomes seen, consecutive repeats folded, e.g. [reset, ok]);
     target, verify_message, errno and phase are always present. A failed
     probe is a result, not an exception; only bad arguments raise RotateError
-    (bad_input).
+    (bad_input). ``first_pause`` (below ``interval``): the pauses start there and grow, for a
+    service that was just reloaded and serves the new certificate a few milliseconds later.
     """
     if timeout <= 0 or wait_timeout < 0 or interval <= 0:
         raise RotateError("bad_input", "timeout and interval must be > 0, wait_timeout >= 0")
     deadline = Deadline(wait_timeout, interval, cap=MAX_PAUSE)
+    if first_pause and 0 < first_pause < interval:
+        deadline.restart_pauses(first_pause)
     attempts = 0
     observed = []
     while True:

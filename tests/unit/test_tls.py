@@ -29,6 +29,17 @@ def test_probe_until_retries_until_the_deadline_and_folds_the_outcomes():
     assert result["target"].startswith("127.0.0.1:")
 
 
+def test_probe_until_first_pause_retries_soon_then_slows_down():
+    """After a reload the new cert is served milliseconds later: the first retries come soon."""
+    port = closed_port()
+    slow = _tls.probe_until("127.0.0.1", port, context=_tls.make_context(), timeout=1, wait_timeout=0.4, interval=1)
+    soon = _tls.probe_until("127.0.0.1", port, context=_tls.make_context(), timeout=1, wait_timeout=0.4, interval=1,
+                            first_pause=0.05)
+    assert slow["attempts"] == 2  # the first probe, then one after the whole (cut) pause
+    assert 4 <= soon["attempts"] <= 7  # 0.05, 0.075, 0.11, 0.17 s ... growing
+    assert soon["observed"] == ["refused"] and soon["elapsed"] >= 0.4
+
+
 def test_probe_until_without_wait_probes_once():
     result = _tls.probe_until("127.0.0.1", closed_port(), context=_tls.make_context(), timeout=1)
     assert result["attempts"] == 1 and result["observed"] == ["refused"]
