@@ -26,6 +26,8 @@ expanded to N), then runs `rotate_all.yml -l lab`:
 - restart (BENCH_RESTART=1, first N only): forced + `vault_rotate_restart_vault=always`
   with the unseal keys (extra-vars file 0600): restart outage and readiness lag.
 
+BENCH_PROBES=0 runs no probers (see below; the failure, gap and restart-outage figures are then
+not measured): the rotation alone, without the bench's own clients' CPU on the same cores.
 BENCH_REPS times each (default 1). The baseline runs only for N in
 BENCH_BASELINE_APPS (default "2"). Baseline and current alternate run by run
 (B C, B C, ...; the next repetition starts with the other one), so a change of
@@ -95,6 +97,11 @@ PROBE_INTERVAL_S = 0.02
 # compares like with like (seal-status says unsealed ~0.2 s before the node is active).
 # Neither path is audited by the server.
 PROBE_PATH = "/v1/sys/health"
+# BENCH_PROBES=0: no probers. They are the bench's own clients (a full mTLS handshake and a
+# GET every 20 ms, directly and through the proxy: about a quarter of a 2-core machine with
+# the server's and the proxy's side); without them a run measures the rotation alone, and the
+# failure and gap columns print "-".
+PROBES = os.environ.get("BENCH_PROBES", "1") != "0"
 # Phase keys from play names: "Phase <n> - ..." first, then the leading word;
 # any other play keeps a key made from its name, so a renamed play is still
 # timed and counted, only under another key.
@@ -537,7 +544,7 @@ class Bench:
             args += ["-e", "@%s" % kf]
         fixups = self.ensure_ready() + self.before_run()
         serials_before = self.leaf_serials()
-        probes = self.probe_targets()
+        probes = self.probe_targets() if PROBES else {}
         outs = {name: self.work / ("probe-%s-%s.json" % (tag, name)) for name in probes}
         load0 = os.getloadavg()
         started = []
@@ -579,7 +586,7 @@ class Bench:
                "loaded": loaded_from(timer, tree, self.trees),
                "probes": {k: self._probe_view(v) for k, v in probe.items()}}
         if kind == "restart":
-            res["restart"] = self._restart_view(timer, probe["listener"])
+            res["restart"] = self._restart_view(timer, probe["listener"]) if "listener" in probe else None
         return res
 
     def _playbook(self, args, tree, env, log):
@@ -1056,6 +1063,12 @@ def machine():
             "loadavg_start": os.getloadavg()}
 
 
+def _probed(runs, name, key, how):
+    """sum/max of a prober's figure over runs; None when the runs had no probers (BENCH_PROBES=0)."""
+    seen = [r["probes"][name][key] or 0 for r in runs if name in r["probes"]]
+    return how(seen) if seen else None
+
+
 def _median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -1087,10 +1100,10 @@ def summarize(runs):
                "admin_logins": _median(r["vault"]["admin_logins"] for r in rs),
                "admin_logins_max_per_phase": max(r["vault"]["admin_logins_max_per_phase"] for r in rs),
                "peak_pss_mb": max(r["peak_pss_mb"] for r in rs), "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
-               "listener_fail": sum(r["probes"]["listener"]["failures"] or 0 for r in rs),
-               "listener_max_gap_ms": max(r["probes"]["listener"]["max_gap_ms"] or 0 for r in rs),
-               "proxy_fail": sum(r["probes"]["proxy"]["failures"] or 0 for r in rs),
-               "proxy_max_gap_ms": max(r["probes"]["proxy"]["max_gap_ms"] or 0 for r in rs),
+               "listener_fail": _probed(rs, "listener", "failures", sum),
+               "listener_max_gap_ms": _probed(rs, "listener", "max_gap_ms", max),
+               "proxy_fail": _probed(rs, "proxy", "failures", sum),
+               "proxy_max_gap_ms": _probed(rs, "proxy", "max_gap_ms", max),
                "loadavg_1m": [min(r["loadavg_start"][0] for r in rs), max(r["loadavg_end"][0] for r in rs)],
                "phases_median_s": {k: round(statistics.median([r["phases_s"].get(k, 0) for r in rs]), 2)
                                    for k in phase_keys},
@@ -1105,7 +1118,7 @@ def summarize(runs):
             row["hosts_cpu_by_role_median_s"] = {
                 k: _median(r["fleet"]["hosts_cpu_by_role_s"].get(k) for r in rs)
                 for k in ("admin", "vault", "proxy", "apps")}
-        if kind == "restart":
+        if kind == "restart" and all(r.get("restart") for r in rs):
             row["listener_outage_ms"] = max(r["restart"]["outage_ms"] for r in rs)
             row["ready_detect_lag_ms"] = _median(r["restart"].get("ready_detect_lag_ms") for r in rs)
             row["ready_source"] = sorted({r["restart"].get("ready_source") for r in rs})
@@ -1185,8 +1198,9 @@ def table(result):
             "%.1f..%.1f" % (r["wall_min_s"], r["wall_max_s"]), _f(r["cpu_median_s"], "%.0fs"), _f(r["tasks"], "%d"),
             _f(r["vault_requests"], "%d"), _f(r["issue_sign"], "%d"), _f(r["rotated_slots"], "%d"),
             _f(r["issue_per_slot"], "%.2f"), _f(r["logins"], "%d"), r["admin_logins_max_per_phase"],
-            "%.0f" % r["peak_pss_mb"], "%.0f" % r["peak_rss_mb"], r["listener_fail"], "%.0fms" % r["listener_max_gap_ms"],
-            r["proxy_fail"], "%.0fms" % r["proxy_max_gap_ms"], "%.1f-%.1f" % tuple(r["loadavg_1m"])))
+            "%.0f" % r["peak_pss_mb"], "%.0f" % r["peak_rss_mb"], _f(r["listener_fail"], "%d"),
+            _f(r["listener_max_gap_ms"], "%.0fms"), _f(r["proxy_fail"], "%d"), _f(r["proxy_max_gap_ms"], "%.0fms"),
+            "%.1f-%.1f" % tuple(r["loadavg_1m"])))
         c = cmp_by.get((r["target"], r["n"], r["kind"]))
         if c and r["side"] == "baseline":
             lines.append(fmt % (r["target"], r["n"], r["kind"], "cur/base", "", _x(c["wall_median_s"]), "",
@@ -1270,7 +1284,7 @@ def table(result):
                                        sides["baseline"]["phases_median_s"].get(k)))
             lines.append("    %-16s" % k + "".join(cells) + tail)
     for r in rows:
-        if r["kind"] == "restart":
+        if r["kind"] == "restart" and "listener_outage_ms" in r:
             lines.append("  %s N=%d restart %s: listener outage %.0f ms, readiness seen %s ms after the first good "
                          "answer (%s)" % (r["target"], r["n"], r["side"], r["listener_outage_ms"],
                                           _f(r["ready_detect_lag_ms"], "%.0f"), ", ".join(r["ready_source"])))
@@ -1368,7 +1382,8 @@ def main():
                   " hosts_cpu=%.0fs" % r["fleet"]["hosts_cpu_s"] if (r.get("fleet") or {}).get("hosts_cpu_s")
                   is not None else "",
                   r["tasks_executed"], v["requests"], v["issue_sign"], r["rotated_slots"], r["peak_pss_mb"],
-                  r["probes"]["listener"]["failures"], r["probes"]["proxy"]["failures"], r["loadavg_end"][0],
+                  (r["probes"].get("listener") or {}).get("failures", "-"),
+                  (r["probes"].get("proxy") or {}).get("failures", "-"), r["loadavg_end"][0],
                   "collection " + str(r["loaded"]["collection"]) if r["loaded"]["ok"] else
                   "COLLECTION NOT VERIFIED: %s" % r["loaded"],
                   "".join(" [%s]" % f for f in r["lab_fixups"])), flush=True)
