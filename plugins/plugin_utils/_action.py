@@ -56,7 +56,7 @@ def _plain(value):
     if isinstance(value, (list, set, frozenset)):
         return [_plain(v) for v in value]
     if isinstance(value, str):
-        return value if type(value) is str else str.__str__(value)
+        return str.__str__(value)  # a plain str as it is, a tagged one as a plain copy
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):

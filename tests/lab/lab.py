@@ -1256,10 +1256,11 @@ path "{m}/sign/nginx-{a}" {{ capabilities = ["create", "update"] }}
         return commands
 
     def _agent_restart(self, unit, alive, labctl):
-        """An agent's restart in the shell, as start_unit/stop_unit do it (TERM, wait until it is
-        gone, KILL after STOP_TIMEOUT; a new session, the log, the pid file; the environment
-        without VAULT_*/BAO_*): a rotation restarts one agent per app, and labctl's Python start
-        is ~65 ms of CPU each. labctl answers when the agent is not running."""
+        """An agent's restart in the shell, as stop_unit/start_unit do it (TERM, wait until it is
+        gone, KILL after STOP_TIMEOUT; a new session, the log, the pid file), with only PATH and
+        HOME in its environment (labctl's start drops VAULT_*/BAO_* from its own): a rotation
+        restarts one agent per app, and labctl's Python start is ~65 ms of CPU each. labctl
+        answers when the agent is not running."""
         q = shlex.quote
         name, step = unit["name"], 0.02
         return (
