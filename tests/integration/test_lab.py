@@ -151,10 +151,19 @@ def test_agent_holds_a_working_token_with_mapped_policies(lab, app):
 
 
 def test_agent_restart_logs_in_again(lab):
+    """The restart a rotation runs (lab.json's shell line): the old agent gone, the bundled bao
+    binary (not its Python launcher) in a session of its own, a new login."""
     a = lab.info["app_paths"]["ncprd1"]
     before = json.loads(Path(a["whoami"]).read_text())["creation_time"]
+    old_pid = lab.lab.unit_pid(a["agent_unit"])
     time.sleep(1.1)  # creation_time has a 1 s resolution
-    assert lab.unit(a["agent_unit"], "restart").returncode == 0
+    proc = lab.unit(a["agent_unit"], "restart")
+    assert proc.returncode == 0, proc.stderr
+    pid = lab.lab.unit_pid(a["agent_unit"])
+    assert pid and pid != old_pid and not pid_alive(old_pid)
+    with open("/proc/%d/exe" % pid, "rb") as exe:
+        assert exe.read(4) == b"\x7fELF"
+    assert os.getsid(pid) == pid
     deadline = time.time() + 20
     after = before
     while time.time() < deadline:
@@ -166,6 +175,11 @@ def test_agent_restart_logs_in_again(lab):
             break
         time.sleep(0.1)
     assert after > before
+    # not running: the shell line hands over to labctl, which starts it
+    assert lab.unit(a["agent_unit"], "stop").returncode == 0 and lab.lab.unit_pid(a["agent_unit"]) is None
+    proc = lab.unit(a["agent_unit"], "restart")
+    assert proc.returncode == 0 and "started" in proc.stdout, proc.stdout + proc.stderr
+    assert lab.lab.unit_pid(a["agent_unit"])
 
 
 def test_proxy_agent_renders_the_ca_chain(lab):
@@ -218,12 +232,15 @@ def test_lab_json_has_commands_and_no_secrets(lab):
     info = json.loads(text)
     for name, unit in info["units"].items():
         assert set(unit["commands"]) == {"status", "start", "stop", "reload", "restart"}
-        for action in ("start", "stop", "restart"):
+        shell = ("status", "reload", "restart") if unit["kind"] == "agent" else ("status", "reload")
+        for action in set(("start", "stop", "restart")) - set(shell):
             assert unit["commands"][action][-2:] == [name, action]
-        # status and reload are shell lines (a few ms), labctl when their own check fails: it answers
-        for action in ("status", "reload"):
+        # status, reload and an agent's restart are shell lines (a few ms), labctl when their own
+        # check fails (the unit is not running): it answers
+        for action in shell:
             line = unit["commands"][action]
-            assert isinstance(line, str) and line.endswith("unit %s %s" % (name, action))
+            tail = line[:-len("; fi")] if line.endswith("; fi") else line
+            assert isinstance(line, str) and tail.endswith("unit %s %s" % (name, action)), line
         status = subprocess.run(["/bin/sh", "-c", unit["commands"]["status"]], capture_output=True, check=False)
         assert status.returncode == 0, name
     assert oct(os.stat(lab.dir / "secrets" / "init.json").st_mode & 0o777) == "0o600"

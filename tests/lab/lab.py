@@ -1270,10 +1270,22 @@ path "{m}/sign/nginx-{a}" {{ capabilities = ["create", "update"] }}
             '[ $n -eq %(kill_at)d ] && kill -9 "$pid"; [ $n -gt %(give_up)d ] && break; sleep %(step)s; done; '
             '( echo "---- $(date -u +%%Y-%%m-%%dT%%H:%%M:%%SZ) start %(name)s"; cd %(dir)s && '
             'exec env -i PATH="$PATH" HOME="${HOME:-%(dir)s}" setsid %(argv)s ) >> %(log)s 2>&1 < /dev/null & '
-            'echo $! > %(pidfile)s; echo %(msg)s; else exec %(labctl)s; fi' % {
+            'new=$!; echo "$new" > %(pidfile)s; n=0; '
+            # back only once the agent runs (as labctl's start): the bao binary in its own session
+            # (before that, the pid is the subshell, then env, then setsid); one that exited at
+            # once is an error that names its log
+            'until [ "$(readlink /proc/"$new"/exe 2>/dev/null)" = %(exe)s ]; do '
+            'read -r st 2>/dev/null < /proc/"$new"/stat; st=${st##*") "}; n=$((n+1)); '
+            'case $st in Z*|X*|"") echo %(died)s >&2; exit 1;; esac; '
+            '[ $n -gt %(start_for)d ] && { echo %(slow)s >&2; exit 1; }; sleep %(step)s; done; '
+            'echo %(msg)s; else exec %(labctl)s; fi' % {
                 "alive": alive, "kill_at": int(STOP_TIMEOUT / step), "give_up": int((STOP_TIMEOUT + 5) / step),
                 "step": step, "name": name, "dir": q(str(self.dir)), "argv": " ".join(q(str(a)) for a in unit["argv"]),
                 "log": q(str(self.logfile(name))), "pidfile": q(str(self.pidfile(name))),
+                "exe": q(os.path.realpath(str(unit["argv"][0]))),
+                "start_for": int(START_TIMEOUT / step),
+                "died": q("%s exited at start; see %s" % (name, self.logfile(name))),
+                "slow": q("%s did not start within %ss; see %s" % (name, START_TIMEOUT, self.logfile(name))),
                 "msg": q("%s stopped; %s started" % (name, name)), "labctl": labctl})
 
     def info_dict(self):
