@@ -89,7 +89,8 @@ demo: bootstrap
 # "2 8 32"), the current tree beside a git worktree of bench/baseline.ref
 # (BENCH_BASELINE=<ref>|none; at N in BENCH_BASELINE_APPS, default "2"), each
 # tree on a lab of its own kind, runs alternated; BENCH_REPS, BENCH_KINDS,
-# BENCH_RESTART, BENCH_SAVE=1, BENCH_KEEP=1; BENCH_TARGETS="lab fleet" adds the
+# BENCH_RESTART, BENCH_PROBES=0 (no probers), BENCH_SAVE=1, BENCH_KEEP=1;
+# BENCH_TARGETS="lab fleet" adds the
 # fleet (root, BENCH_FLEET_APPS). About 7 min (BENCH_REPS=3: 19 min), most of
 # it the baseline (docs/performance.md).
 # Ports 31000-31999 (BENCH_PORT_BASE). Quickest look:
