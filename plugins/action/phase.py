@@ -73,6 +73,39 @@ def key_setting(slot):
     return "%s_%skey_type" % (phase, prefix)
 
 
+def ungated_units(units, gates):
+    """The units that no unit gate of ``gates`` proves running."""
+    named = set(g.get("unit") for g in gates if g["kind"] == "unit")
+    return [u for u in units if u not in named]
+
+
+def host_proofs(run, host, phases):
+    """({gate name: phase}, whole) for ``host``: the gates its phases proved in this run with
+    nothing every client goes through changed since, so the healthcheck does not prove them
+    again; whole when that is every gate of every phase of the host and every unit they touch
+    (the healthcheck has nothing left to check there). A restart (phase restart) voids every
+    such proof, a new listener cert (server_tls) those of the phases before it."""
+    if (run.read("phase", "restart", "decide") or {}).get("do"):
+        return {}, False
+    listener = any(s.get("action") == "rotated" for a in run.all("phase", "server_tls", "apply").values()
+                   for s in a.get("slots") or [])
+    order = _catalog.ROTATING_PHASES
+    proven, whole = {}, True
+    for phase in phases:
+        if listener and phase in order and order.index(phase) < order.index("server_tls"):
+            whole = False
+            continue
+        applied = run.read("phase", phase, "apply", host) or {}
+        if not applied or applied.get("failure") or applied.get("units_ungated") != []:
+            whole = False
+        for gate in applied.get("gates") or []:
+            if gate.get("ok") and gate.get("checked", True):
+                proven[gate["name"]] = phase
+            else:
+                whole = False
+    return proven, whole
+
+
 class ActionModule(EngineAction):
     _VALID_ARGS = frozenset(("phase", "step", "error"))
 
@@ -182,8 +215,44 @@ class ActionModule(EngineAction):
     def step_check(self):
         """Admin host: Vault ready for the admin identity's certificate; the issuers of the mount.
         Outside preflight (a healthcheck or restart run on its own) only when the run has no
-        issuers yet: the ones preflight read serve the whole run."""
+        issuers yet: the ones preflight read serve the whole run. In the healthcheck, also the
+        hosts it need not visit (``proven_hosts``, see proven_hosts())."""
         run = self.run_state()
+        if self.phase == "healthcheck":
+            result = self.issuers_check(run)
+            proven = self.proven_hosts(run)
+            if proven:
+                result["msg"] += ("; every gate of %d host(s) proven by this run's phases, nothing restarted "
+                                  "since (not visited again): %s" % (len(proven), ", ".join(proven)))
+            return dict(result, proven_hosts=proven)
+        return self.issuers_check(run)
+
+    def proven_hosts(self, run):
+        """The hosts of the play (never the admin host) whose every gate and unit this run's phases
+        proved, nothing restarted since (host_proofs()): the healthcheck's verify has nothing left to
+        check there, so its play ends them (meta: end_host, no task sent to them). Their verify
+        records are written here, for the report. Check mode: none (the phases proved nothing)."""
+        if self.check_mode:
+            return []
+        admin = run.meta.get("admin_host")
+        out = []
+        for host in self.var("ansible_play_hosts") or []:
+            phases = _catalog.phases_of_host(host, self.groups)
+            if host == admin or not phases:
+                continue
+            proven, whole = host_proofs(run, host, phases)
+            if not whole:
+                continue
+            run.write({"host": host, "changed": False, "gates": [], "failure": None, "started": self.started,
+                       "not_visited": True,
+                       "proven_earlier": [{"name": name, "ok": True, "proven_by": phase}
+                                          for name, phase in sorted(proven.items())]},
+                      "phase", "healthcheck", "verify", host)
+            out.append(host)
+        return out
+
+    def issuers_check(self, run):
+        """Vault ready for the admin identity, the issuers of the mount (recorded for the run)."""
         if self.phase != "preflight" and run.read("vault") and run.ca_bundle():
             return {"changed": False, "msg": "the issuers preflight read serve this run"}
         pre = _catalog.settings("preflight", self.get)
@@ -417,7 +486,8 @@ class ActionModule(EngineAction):
                              else "kept", "serial": (found.get("serials") or {}).get(s["name"])} for s in slots],
                   "bundles": found.get("bundles"), "units": found.get("units"), "gates": found.get("gates"),
                   "restart_reasons": found.get("restart_reasons") or [], "failure": found.get("failure"),
-                  "service_calls": found.get("service_calls"), "engine": found.get("engine")}
+                  "service_calls": found.get("service_calls"), "engine": found.get("engine"),
+                  "units_ungated": ungated_units(work["units"], params["gates"])}
         run.write(record, "phase", self.phase, "apply", self.host)
         if found.get("failure"):
             failure = dict(found["failure"])
@@ -452,9 +522,8 @@ class ActionModule(EngineAction):
                     # min_days_left is the sanity of a NEW cert; what is installed must only still be valid
                     gate = dict(gate, min_days_left=0)
                 gates.append(gate)
-        named = set(g.get("unit") for g in gates if g["kind"] == "unit")
-        gates = [{"kind": "unit", "name": "%s running" % u, "unit": u} for u in units if u not in named] + gates
-        proven = self.proven_in_run(run, phases)
+        gates = [{"kind": "unit", "name": "%s running" % u, "unit": u} for u in ungated_units(units, gates)] + gates
+        proven = host_proofs(run, self.host, phases)[0]
         earlier = [{"name": g["name"], "kind": g["kind"], "ok": True, "proven_by": proven[g["name"]]}
                    for g in gates if g["name"] in proven]
         gates = [g for g in gates if g["name"] not in proven]
@@ -478,28 +547,6 @@ class ActionModule(EngineAction):
                     self.host, len(held), ", ".join(held) or "-",
                     "; %d proven by this run's phases, nothing restarted since: %s" % (
                         len(earlier), ", ".join(g["name"] for g in earlier)) if earlier else "")}
-
-    def proven_in_run(self, run, phases):
-        """{gate name: phase} of the gates this host's phases proved in this run and nothing every
-        client goes through changed since: the healthcheck does not prove them again. A restart
-        (phase restart) voids every such proof, a new listener cert (server_tls) those of the
-        phases before it."""
-        if (run.read("phase", "restart", "decide") or {}).get("do"):
-            return {}
-        listener = any(s.get("action") == "rotated" for a in run.all("phase", "server_tls", "apply").values()
-                       for s in a.get("slots") or [])
-        order = _catalog.ROTATING_PHASES
-        proven = {}
-        for phase in phases:
-            if listener and phase in order and order.index(phase) < order.index("server_tls"):
-                continue
-            applied = run.read("phase", phase, "apply", self.host) or {}
-            if applied.get("failure"):
-                continue
-            for gate in applied.get("gates") or []:
-                if gate.get("ok") and gate.get("checked", True):
-                    proven[gate["name"]] = phase
-        return proven
 
     def step_gate(self):
         """Admin host: the gates that need the admin identity."""
@@ -794,16 +841,19 @@ class ActionModule(EngineAction):
             verified = run.all("phase", "healthcheck", "verify").values()
             rechecked = sum(len(v.get("gates") or []) for v in verified)
             earlier = sum(len(v.get("proven_earlier") or []) for v in verified)
-            msg = "unsealed, HTTP %s; listener serves %s (%s, %.1f days left)%s; host gates: %d checked%s" % (
+            unvisited = sum(1 for v in verified if v.get("not_visited"))
+            msg = "unsealed, HTTP %s; listener serves %s (%s, %.1f days left)%s; host gates: %d checked%s%s" % (
                 (health[0] if health else {}).get("status_code"), listener.get("serial"), listener.get("tls_version"),
                 float(listener.get("days_left") or 0),
                 "; proxy serves %s, seal-status %s" % (proxy.get("serial"), proxy.get("http_status")) if proxy
                 else "; no proxy configured", rechecked,
-                ", %d proven by this run's phases with nothing restarted since" % earlier if earlier else "")
+                ", %d proven by this run's phases with nothing restarted since" % earlier if earlier else "",
+                " (%d host(s) not visited: the phases proved every gate there)" % unvisited if unvisited else "")
             return "passed", msg, {"listener_serial": listener.get("serial"),
                                    "listener_not_after": listener.get("not_after"),
                                    "proxy_serial": proxy.get("serial") if proxy else None,
-                                   "host_gates_checked": rechecked, "host_gates_proven_earlier": earlier}
+                                   "host_gates_checked": rechecked, "host_gates_proven_earlier": earlier,
+                                   "hosts_not_visited": unvisited}
         applied = run.all("phase", self.phase, "apply")
         rotated = [s["slot"] for a in applied.values() for s in a.get("slots") or [] if s["action"] == "rotated"]
         gates = [x["name"] + (" (by the agent's own login)" if x.get("proven_by") else "")

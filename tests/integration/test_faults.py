@@ -289,6 +289,7 @@ def test_client_ca_bundle_lacks_intermediate(throwaway_lab, tmp_path):
     # Vault was restarted after the phases: the healthcheck proved every host's gates again
     extra = report(lab)["extra"]
     assert int(extra["host_gates_proven_earlier"]) == 0 and int(extra["host_gates_checked"]) > 0, extra
+    assert int(extra["hosts_not_visited"]) == 0, extra
     assert _served_serial(lab.vault_port, SNI, _admin_ctx(lab)) == serial(info["paths"]["server_crt"]) != old_listener
     admin_works(lab)
 
