@@ -90,8 +90,8 @@ _PHASE = {
         ("Phase 4, on each C(vault_apps) host: installs the nginx frontend cert signed in preflight (key, cert and "
          "fullchain as one group with C(.prev) backups) and reloads the frontend unit."),
         ("Gate: the files parse, the key matches, the chain verifies, the cert is valid at least "
-         "O(app_leaf_min_days_left) days; and, when O(app_leaf_endpoint) has a port, the frontend serves the NEW "
-         "serial for the app's name."),
+         "O(app_leaf_min_days_left) days; the frontend unit runs after its reload; and, when O(app_leaf_endpoint) "
+         "has a port, the frontend serves the NEW serial for the app's name."),
     ],
     "proxy_trust": [
         ("Phase 5. On the admin host: the proxy agent's mapping written in full where it differs. On the "
@@ -115,6 +115,9 @@ _PHASE = {
         ("Phase 7, the hard gate, on the admin host: Vault unsealed and answering 200 on sys/health, and a verified "
          "handshake (SNI, hostname check, admin client cert) with GET O(healthcheck_http_path) answering 200, "
          "directly on the listener and through the proxy (O(healthcheck_proxy_endpoint))."),
+        ("Before that, on every host, the gates of its phases against what is installed and running now. Inside "
+         "C(playbooks/rotate_all.yml) a gate this run's phase proved on the host counts unless Vault was restarted "
+         "since, and a host where the phases proved every gate and unit is not visited (C(meta: end_host))."),
         ("A failure stops the run with its class and what it means (reset = not ready yet, tls_alert certificate "
          "required = no client cert, unknown ca, untrusted server cert, hostname mismatch, sealed, ...)."),
     ],
