@@ -71,7 +71,8 @@ _PHASE = {
     "server_tls": [
         ("Phase 2, on the C(vault_servers) host: installs the listener cert signed in preflight (fullchain = leaf + "
          "intermediate) and the listener's client CA file (every valid issuer of the PKI mount), SIGHUPs the Vault "
-         "unit, and checks that the client CA file verifies the admin cert. The listener reads that file at start "
+         "unit, checks that it still runs and that the client CA file verifies the admin cert. The listener reads "
+         "that file at start "
          "only: when it changed, the restart phase restarts Vault."),
         ("Gate, on the admin host: the listener serves the NEW serial for the SNI name (chain and hostname verified, "
          "admin client cert) and seal-status answers through it."),
@@ -98,7 +99,8 @@ _PHASE = {
          "C(vault_proxies) host, in one call: the proxy's upstream CA chain and its agent's CA file (every valid "
          "issuer), the agent login cert (also the proxy's upstream client cert) and the proxy's frontend cert for "
          "the Vault SNI name; the agent restarted, the proxy reloaded."),
-        ("Gate: the proxy agent logs in with the NEW cert and has a fresh token, the frontend files are sound, the "
+        ("Gate: the proxy agent logs in with the NEW cert and has a fresh token, the proxy unit runs after its "
+         "reload, the frontend files are sound, the "
          "proxy serves its NEW frontend cert, the upstream chain + client cert verify the listener, and a verified "
          "handshake through the proxy gets 200 from O(proxy_trust_health_path)."),
     ],

@@ -616,7 +616,10 @@ def host_work(phase, get, get_item=None):
             restart_reason="the listener client CA file %s changed" % v["client_ca_path"]))
         work["units"] = [v["unit"]]
         # The client_ca gate gets the admin cert (public) from the run: see the action plugin.
-        work["gates"] = [{"kind": "client_ca", "name": "client CA file verifies the admin cert",
+        # The served serial is the phase's gate step (on the admin host); here, the server still runs
+        # after its SIGHUP, so every unit of the phase is proven (see app_leaf).
+        work["gates"] = [{"kind": "unit", "name": "%s running" % v["unit"], "unit": v["unit"], "wait_timeout": 2},
+                         {"kind": "client_ca", "name": "client CA file verifies the admin cert",
                           "path": v["client_ca_path"], "cert_label": "the admin client cert %s" % g("admin_cert")}]
     elif phase == "agent_login":
         app = v["app"]
@@ -641,7 +644,7 @@ def host_work(phase, get, get_item=None):
         work["slots"].append(slot)
         work["units"] = [v["unit"]]
         # nginx running after its reload: with the other gates, every unit of the phase is proven
-        # (the healthcheck then need not visit the host, see the action's step_check).
+        # (the healthcheck then need not visit the host, see the action's proven_hosts()).
         work["gates"] = [{"kind": "files", "name": "files of %s" % app, "slot": slot["name"],
                           "min_days_left": v["min_days_left"]},
                          {"kind": "unit", "name": "%s running" % v["unit"], "unit": v["unit"], "wait_timeout": 2}]
@@ -675,6 +678,7 @@ def host_work(phase, get, get_item=None):
         work["gates"] = _agent_gates("proxy agent %s" % app, v, agent_unit, v["agent_mapping"], v["agent_policies"],
                                      v["agent_ca_path"], v["agent_cert_path"], v["agent_key_path"],
                                      v["agent_whoami_path"], v["agent_sink_path"], g)
+        work["gates"].append({"kind": "unit", "name": "%s running" % unit, "unit": unit, "wait_timeout": 2})
         work["gates"].append({"kind": "files", "name": "files of the proxy frontend", "slot": front["name"]})
         if str(endpoint.get("port") or ""):
             work["gates"].append({"kind": "probe", "name": "proxy serves its frontend cert",

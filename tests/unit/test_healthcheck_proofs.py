@@ -5,6 +5,7 @@ since, has nothing left for the healthcheck's verify: its play ends it (meta: en
 These are the rules over the run's own records (plugins/action/phase.py host_proofs);
 tests/integration/test_rotate_playbook.py sees it on the lab.
 """
+import pytest
 from ansible_collections.privsec.vault_rotate.plugins.action.phase import host_proofs, ungated_units
 from ansible_collections.privsec.vault_rotate.plugins.plugin_utils import _catalog
 from ansible_collections.privsec.vault_rotate.plugins.plugin_utils._run import Run
@@ -80,10 +81,15 @@ def test_ungated_units():
     assert ungated_units(["nginx-app01"], APP_GATES) == []
 
 
-def test_the_frontend_phase_gates_its_unit():
-    """app_leaf proves nginx running after its reload, so an app host can be proven whole."""
+@pytest.mark.parametrize("phase", ["server_tls", "agent_login", "app_leaf", "proxy_trust"])
+def test_every_host_phase_gates_every_unit_it_touches(phase):
+    """Each phase proves its units running after its reload or restart, so a host whose phases
+    all held can be proven whole (the admin phase has no unit)."""
     variables = {"vault_rotate_app": "app01", "vault_rotate_home_root": "/srv/apps",
                  "vault_rotate_domain": "prod.example", "vault_rotate_pki_mount": "pki_int",
-                 "vault_rotate_ca_cert": "/etc/vault/ca.pem"}
-    work = _catalog.host_work("app_leaf", lambda name: variables.get(name, _catalog.MISSING))
+                 "vault_rotate_ca_cert": "/etc/vault/ca.pem", "vault_rotate_server_unit": "container-vaultprod",
+                 "vault_rotate_proxy_unit": "container-proxyprod", "vault_rotate_vault_url": "https://vault:8200",
+                 "vault_rotate_tls_server_name": "vault.prod.example", "vault_rotate_server_tls_dir": "/srv/vault/tls",
+                 "vault_rotate_admin_cert": "/root/vault/admin.crt"}
+    work = _catalog.host_work(phase, lambda name: variables.get(name, _catalog.MISSING))
     assert work["units"] and ungated_units(work["units"], work["gates"]) == []
