@@ -79,20 +79,29 @@ def ungated_units(units, gates):
     return [u for u in units if u not in named]
 
 
-def host_proofs(run, host, phases):
-    """({gate name: phase}, whole) for ``host``: the gates its phases proved in this run with
-    nothing every client goes through changed since, so the healthcheck does not prove them
-    again; whole when that is every gate of every phase of the host and every unit they touch
-    (the healthcheck has nothing left to check there). A restart (phase restart) voids every
-    such proof, a new listener cert (server_tls) those of the phases before it."""
-    if (run.read("phase", "restart", "decide") or {}).get("do"):
-        return {}, False
-    listener = any(s.get("action") == "rotated" for a in run.all("phase", "server_tls", "apply").values()
-                   for s in a.get("slots") or [])
+def voided_phases(run):
+    """The phases whose proofs no longer stand: every one after a restart (phase restart), those
+    before server_tls after a new listener cert (every client goes through it)."""
     order = _catalog.ROTATING_PHASES
+    if (run.read("phase", "restart", "decide") or {}).get("do"):
+        return set(order)
+    if any(s.get("action") == "rotated" for a in run.all("phase", "server_tls", "apply").values()
+           for s in a.get("slots") or []):
+        return set(order[:order.index("server_tls")])
+    return set()
+
+
+def host_proofs(run, host, phases, voided=None):
+    """({gate name: phase}, whole) for ``host``: the gates its phases proved in this run with
+    nothing every client goes through changed since (``voided``: voided_phases(run), read once
+    by a caller that asks for many hosts), so the healthcheck does not prove them again; whole
+    when that is every gate of every phase of the host and every unit they touch (the
+    healthcheck has nothing left to check there)."""
+    if voided is None:
+        voided = voided_phases(run)
     proven, whole = {}, True
     for phase in phases:
-        if listener and phase in order and order.index(phase) < order.index("server_tls"):
+        if phase in voided:
             whole = False
             continue
         applied = run.read("phase", phase, "apply", host) or {}
@@ -235,12 +244,13 @@ class ActionModule(EngineAction):
         if self.check_mode:
             return []
         admin = run.meta.get("admin_host")
+        voided = voided_phases(run)
         out = []
         for host in self.var("ansible_play_hosts") or []:
             phases = _catalog.phases_of_host(host, self.groups)
             if host == admin or not phases:
                 continue
-            proven, whole = host_proofs(run, host, phases)
+            proven, whole = host_proofs(run, host, phases, voided)
             if not whole:
                 continue
             run.write({"host": host, "changed": False, "gates": [], "failure": None, "started": self.started,
@@ -522,7 +532,7 @@ class ActionModule(EngineAction):
                     # min_days_left is the sanity of a NEW cert; what is installed must only still be valid
                     gate = dict(gate, min_days_left=0)
                 gates.append(gate)
-        gates = [{"kind": "unit", "name": "%s running" % u, "unit": u} for u in ungated_units(units, gates)] + gates
+        gates = [_catalog.unit_gate(u, wait_timeout=0) for u in ungated_units(units, gates)] + gates
         proven = host_proofs(run, self.host, phases)[0]
         earlier = [{"name": g["name"], "kind": g["kind"], "ok": True, "proven_by": proven[g["name"]]}
                    for g in gates if g["name"] in proven]

@@ -580,7 +580,15 @@ def _agent_gates(prefix, v, unit, mapping, policies, ca_path, cert_path, key_pat
              "namespace": g("vault_namespace") or None,
              "ca_cert": ca_path, "client_cert": cert_path, "client_key": key_path,
              "wait_timeout": v["wait_timeout"], "interval": 0.2}
-    return [login, {"kind": "unit", "name": "%s running" % unit, "unit": unit, "wait_timeout": 2}, token]
+    return [login, unit_gate(unit), token]
+
+
+def unit_gate(unit, wait_timeout=2):
+    """The gate "<unit> running" (after a reload or restart it may take ``wait_timeout`` seconds)."""
+    gate = {"kind": "unit", "name": "%s running" % unit, "unit": unit}
+    if wait_timeout:
+        gate["wait_timeout"] = wait_timeout
+    return gate
 
 
 def host_work(phase, get, get_item=None):
@@ -618,7 +626,7 @@ def host_work(phase, get, get_item=None):
         # The client_ca gate gets the admin cert (public) from the run: see the action plugin.
         # The served serial is the phase's gate step (on the admin host); here, the server still runs
         # after its SIGHUP, so every unit of the phase is proven (see app_leaf).
-        work["gates"] = [{"kind": "unit", "name": "%s running" % v["unit"], "unit": v["unit"], "wait_timeout": 2},
+        work["gates"] = [unit_gate(v["unit"]),
                          {"kind": "client_ca", "name": "client CA file verifies the admin cert",
                           "path": v["client_ca_path"], "cert_label": "the admin client cert %s" % g("admin_cert")}]
     elif phase == "agent_login":
@@ -647,7 +655,7 @@ def host_work(phase, get, get_item=None):
         # (the healthcheck then need not visit the host, see the action's proven_hosts()).
         work["gates"] = [{"kind": "files", "name": "files of %s" % app, "slot": slot["name"],
                           "min_days_left": v["min_days_left"]},
-                         {"kind": "unit", "name": "%s running" % v["unit"], "unit": v["unit"], "wait_timeout": 2}]
+                         unit_gate(v["unit"])]
         endpoint = v["endpoint"] or {}
         if str(endpoint.get("port") or ""):
             work["gates"].append({"kind": "probe", "name": "frontend of %s serves its cert" % app,
@@ -678,7 +686,7 @@ def host_work(phase, get, get_item=None):
         work["gates"] = _agent_gates("proxy agent %s" % app, v, agent_unit, v["agent_mapping"], v["agent_policies"],
                                      v["agent_ca_path"], v["agent_cert_path"], v["agent_key_path"],
                                      v["agent_whoami_path"], v["agent_sink_path"], g)
-        work["gates"].append({"kind": "unit", "name": "%s running" % unit, "unit": unit, "wait_timeout": 2})
+        work["gates"].append(unit_gate(unit))
         work["gates"].append({"kind": "files", "name": "files of the proxy frontend", "slot": front["name"]})
         if str(endpoint.get("port") or ""):
             work["gates"].append({"kind": "probe", "name": "proxy serves its frontend cert",
