@@ -6,6 +6,7 @@ requires a client cert and records what it saw; it answers like Vault does
 (status + JSON). The real-OpenBao behaviour is covered by tests/integration.
 """
 import json
+import socket
 import ssl
 import threading
 import time
@@ -167,6 +168,15 @@ def test_keep_alive_and_client_cert_on_every_request(files, vault):
     assert c.requests_made == 5
     assert vault.connections == 1
     assert all(seen[4] == "vault-admin-prod" for seen in vault.seen)
+
+
+def test_nagle_is_off_on_the_connection(files, vault):
+    """A POST leaves as two writes (headers, body): with Nagle on, the body waits for the
+    server's delayed ACK of the headers, ~40 ms per login, sign and mapping write."""
+    c = client(files, vault.port)
+    c.write("auth/cert/login", {"name": "x"})
+    assert c._conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert vault.seen[0][5] == {"name": "x"}  # the body arrived whole
 
 
 def test_reconnects_once_when_the_server_closed_an_idle_connection(files, vault):

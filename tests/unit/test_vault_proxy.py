@@ -69,6 +69,15 @@ def test_not_http_and_close_without_answer(scripted):
     assert err.failure_class == "reset" and "closed the connection instead of answering CONNECT" in err.message
 
 
+def test_the_tunnel_has_nagle_off(scripted):
+    scripted["answer"] = b"HTTP/1.1 200 Connection established\r\n\r\n"
+    sock = Proxy(scripted["url"]).tunnel("vault.example", 8200, 2)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.close()
+
+
 def test_plain_http_vault_goes_through_the_tunnel_too(scripted):
     scripted["answer"] = b"HTTP/1.1 403 Forbidden\r\n\r\n"
     err = _fail(scripted["url"], url="http://10.0.0.9:8200")
