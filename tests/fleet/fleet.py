@@ -117,6 +117,19 @@ def _run(argv, check=True, timeout=60, input=None, env=None):
     return proc
 
 
+def _ancestors(pid):
+    """pid and every process above it."""
+    out = set()
+    while pid > 1 and pid not in out:
+        out.add(pid)
+        try:
+            with open("/proc/%d/stat" % pid) as fh:
+                pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return out
+
+
 def _real_bao():
     """The OpenBao binary itself (the venv's `bao` is a Python wrapper whose interpreter may live
     under /root, which every host replaces by its own)."""
@@ -883,13 +896,16 @@ class Fleet(Lab):
                 out.append("cgroup %s" % top)
         with open("/proc/self/mountinfo") as fh:
             out += ["mount %s" % line.split()[4] for line in fh if str(self.dir) in line]
+        me = _ancestors(os.getpid())  # this process (`fleetctl --dir DIR down`) and its callers name DIR too
         for pid in filter(str.isdigit, os.listdir("/proc")):
+            if int(pid) in me:
+                continue
             try:
                 root = os.readlink("/proc/%s/cwd" % pid)
                 cmd = pid_cmdline(int(pid))
             except OSError:
                 continue
-            if str(self.dir) in cmd or (str(self.dir) in root and int(pid) != os.getpid()):
+            if str(self.dir) in cmd or str(self.dir) in root:
                 out.append("process %s (%s)" % (pid, cmd[:120]))
         return out
 
