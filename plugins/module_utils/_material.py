@@ -267,17 +267,19 @@ class Material(object):
 
     def pick_key(self, leaf):
         """(key_pem_bytes, source) of the key that matches the new certificate, else RotateError."""
-        candidates = []
         if self.params.get("private_key"):
-            candidates.append(("private_key", _x509.load_private_key(self.params["private_key"], what="private_key")))
+            sources = [("private_key", lambda: _x509.load_private_key(self.params["private_key"], what="private_key"))]
         else:
-            staged, problem = self.read_key(self.staged_path)
-            if staged is not None:
-                candidates.append(("staged", staged))
-            current, _problem = self.read_key(self.key_path)
-            if current is not None:
-                candidates.append(("current", current))
-        for source, key in candidates:
+            # In this order, each read only when the one before does not match (a key read is
+            # an RSA check on older cryptography, see _x509.load_private_key).
+            sources = [("staged", lambda: self.read_key(self.staged_path)[0]),
+                       ("current", lambda: self.read_key(self.key_path)[0])]
+        candidates = []
+        for source, load in sources:
+            key = load()
+            if key is None:
+                continue
+            candidates.append((source, key))
             if _x509.key_matches_cert(key, leaf):
                 return _x509.key_to_pem(key).encode("ascii"), source
         if not candidates:
@@ -316,8 +318,10 @@ class Material(object):
         cert, before, _err = self.read_cert()
         files = self.planned_files(leaf, chain, chain_given, key_pem)
         same_cert = before is not None and before["fingerprint_sha256"] == after["fingerprint_sha256"]
-        current_key, _problem = self.read_key(self.key_path)
-        key_ok = current_key is not None and _x509.key_matches_cert(current_key, leaf)
+        key_ok = False
+        if same_cert:  # only an already installed cert asks whether its key is in place too
+            current_key, _problem = self.read_key(self.key_path)
+            key_ok = current_key is not None and _x509.key_matches_cert(current_key, leaf)
         stale = [path for path, content, _o, _g, _m in files
                  if path != self.key_path and _files.read_file(path) != content]
         result = dict(before=fields(before), after=fields(after), serial=after["serial"], key_source=source,

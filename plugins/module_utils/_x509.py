@@ -14,6 +14,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import datetime
+import hashlib
 import ipaddress
 import re
 import traceback
@@ -158,6 +159,15 @@ def _load_pem_key(data):
         return serialization.load_pem_private_key(data, password=None)
 
 
+# Keys loaded by this process, by the SHA-256 of their PEM block: one step reads the same key
+# file several times (inspect, the pair check, install, the gates), and where cryptography is
+# older than 39 (Debian 12: 38, RHEL 9: 36, Ubuntu 22.04: 3.4) every RSA load runs OpenSSL's
+# key check, ~50 ms for RSA-2048 and ten times that for 4096 (docs/performance.md, seventh
+# round). Key objects are immutable; the cache lives as long as the module (or worker) process.
+_KEYS = {}
+_KEYS_MAX = 32
+
+
 def load_private_key(data, what="private key"):
     """A private key from PEM (PKCS#8, PKCS#1, SEC1). Unencrypted keys only."""
     blocks = [(label, block) for label, block in pem_blocks(data) if "PRIVATE KEY" in label]
@@ -175,11 +185,20 @@ def load_private_key(data, what="private key"):
     if label == "ENCRYPTED PRIVATE KEY":
         raise RotateError("bad_pem", "%s is encrypted" % what,
                           hint="the rotation handles unencrypted keys protected by file mode 0600")
+    raw = _to_bytes(block)
+    digest = hashlib.sha256(raw).digest()
+    key = _KEYS.get(digest)
+    if key is not None:
+        return key
     try:
-        return _load_pem_key(_to_bytes(block))
+        key = _load_pem_key(raw)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise RotateError("bad_pem", "%s does not parse: %s" % (what, exc),
                           hint="the file is truncated or not a supported key type")
+    if len(_KEYS) >= _KEYS_MAX:
+        _KEYS.clear()
+    _KEYS[digest] = key
+    return key
 
 
 def cert_to_pem(cert):

@@ -206,3 +206,22 @@ def test_fallback_without_verifier_gives_the_same_answers(pki, leaf, monkeypatch
     not_ca = make_cert("not-a-ca", bad_key, pki.root, pki.root_key, ca=False)
     below = make_cert("leaf", new_key(), not_ca, bad_key)
     assert not X.verify_chain(below, [not_ca], [pki.root])[0]
+
+
+def test_a_key_is_parsed_once_per_process(monkeypatch):
+    """One step reads the same key file several times (inspect, the pair check, install, the
+    gates); where cryptography is older than 39 every RSA parse runs OpenSSL's key check (~50 ms
+    for RSA-2048): the same PEM block is parsed once."""
+    parsed = []
+    real = X._load_pem_key
+    monkeypatch.setattr(X, "_load_pem_key", lambda raw: parsed.append(raw) or real(raw))
+    monkeypatch.setattr(X, "_KEYS", {}, raising=False)
+    text = key_pem(new_key("rsa"))
+    first = X.load_private_key(text)
+    assert X.load_private_key(text.encode()) is first
+    assert X.load_private_key("junk before the block\n" + text) is first
+    other = X.load_private_key(key_pem(new_key()))
+    assert other is not first
+    assert len(parsed) == 2
+    with pytest.raises(RotateError):  # a bad block is still refused, and never cached
+        X.load_private_key(text.replace("\n", "\nA", 3))
