@@ -72,8 +72,7 @@ _PHASE = {
         ("Phase 2, on the C(vault_servers) host: installs the listener cert signed in preflight (fullchain = leaf + "
          "intermediate) and the listener's client CA file (every valid issuer of the PKI mount), SIGHUPs the Vault "
          "unit, checks that it still runs and that the client CA file verifies the admin cert. The listener reads "
-         "that file at start "
-         "only: when it changed, the restart phase restarts Vault."),
+         "that file at start only: when it changed, the restart phase restarts Vault."),
         ("Gate, on the admin host: the listener serves the NEW serial for the SNI name (chain and hostname verified, "
          "admin client cert) and seal-status answers through it."),
     ],
@@ -100,9 +99,9 @@ _PHASE = {
          "issuer), the agent login cert (also the proxy's upstream client cert) and the proxy's frontend cert for "
          "the Vault SNI name; the agent restarted, the proxy reloaded."),
         ("Gate: the proxy agent logs in with the NEW cert and has a fresh token, the proxy unit runs after its "
-         "reload, the frontend files are sound, the "
-         "proxy serves its NEW frontend cert, the upstream chain + client cert verify the listener, and a verified "
-         "handshake through the proxy gets 200 from O(proxy_trust_health_path)."),
+         "reload, the frontend files are sound, the proxy serves its NEW frontend cert, the upstream chain + client "
+         "cert verify the listener, and a verified handshake through the proxy gets 200 from "
+         "O(proxy_trust_health_path)."),
     ],
     "restart": [
         ("Phase 6: restarts the proxy (O(restart_proxy)) and the Vault server only when required (a phase changed a "
