@@ -758,10 +758,16 @@ class Fleet(Lab):
 
     def journal(self, name, since=None):
         """The unit's journal lines on its host (messages of the unit and of its user manager about it),
-        each `[epoch, text]`."""
-        h, _user = self._user_of(name)
-        argv = ["journalctl", "--no-pager", "-o", "json", "_SYSTEMD_USER_UNIT=%s.service" % name, "+",
-                "USER_UNIT=%s.service" % name]
+        each `[epoch, text]`.
+
+        A short-lived process of the unit (ExecReload's `nginx -t`) can exit before journald reads its
+        cgroup; its words then carry no unit, only the owner's uid and the program's name (systemd issue
+        2913, user units). Those are read by uid and syslog identifier, unless another unit owns them."""
+        u = self._unit(name)
+        h, unit = self.hosts[u["host"]], "%s.service" % name
+        programs = sorted({os.path.basename(a[0]) for a in [u["argv"]] + list(u.get("reload") or [])})
+        argv = ["journalctl", "--no-pager", "-o", "json", "_SYSTEMD_USER_UNIT=%s" % unit, "+",
+                "USER_UNIT=%s" % unit, "+", "_UID=%d" % u["uid"]] + ["SYSLOG_IDENTIFIER=%s" % p for p in programs]
         if since is not None:
             argv.insert(2, "--since=@%f" % since)
         out = []
@@ -769,6 +775,8 @@ class Fleet(Lab):
             try:
                 rec = json.loads(line)
             except ValueError:
+                continue
+            if rec.get("USER_UNIT") != unit and rec.get("_SYSTEMD_USER_UNIT", unit) != unit:
                 continue
             msg = rec.get("MESSAGE")
             if isinstance(msg, list):

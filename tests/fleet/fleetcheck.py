@@ -394,9 +394,15 @@ class UnitWatch:
                 out.append("failed")
         return out
 
-    def service_log(self, unit):
-        """The service's own words since t0 (journal messages that are not systemd's job lines)."""
-        return [m for t, m in self.fleet.journal(unit, since=self.t0 - 0.5) if t >= self.t0]
+    def service_log(self, unit, until=None, timeout=5.0):
+        """The unit's journal messages since t0. With `until` (a predicate on one message), read again
+        until one matches or `timeout` passes: journald writes a stream's lines when it gets to them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = [m for t, m in self.fleet.journal(unit, since=self.t0 - 0.5) if t >= self.t0]
+            if until is None or any(until(m) for m in out) or time.monotonic() > deadline:
+                return out
+            time.sleep(0.2)
 
     def in_unit_cgroup(self, unit, pid):
         """True when `pid` (a pid inside the host) runs in the unit's own cgroup of its user manager."""

@@ -98,7 +98,8 @@ def test_forced_rotation(healthy_fleet):
             assert pid == watch.pids[unit], "%s was restarted (%s -> %s): %s" % (unit, watch.pids[unit], pid, events)
             assert "reloaded" in events and "started" not in events, (unit, events)
             if u["kind"] == "vault":
-                assert any("reload triggered" in m for m in watch.service_log(unit)), watch.service_log(unit)
+                said = watch.service_log(unit, until=lambda m: "reload triggered" in m)
+                assert any("reload triggered" in m for m in said), said
             else:
                 assert fc.nginx_sighup_since(fleet, unit, watch.t0), "%s: no SIGHUP in its log" % unit
 

@@ -86,7 +86,8 @@ def test_refused_reload(healthy_fleet):
         assert fleet.unit_pid(unit) == watch.pids[unit], "the refused reload restarted nginx"
         events = watch.events(unit)
         assert "reloading" in events and ("reload_failed" in events or "failed" in events), events
-        assert any("this_is_not_a_directive" in m for m in watch.service_log(unit)), "nginx -t's error not in the journal"
+        said = watch.service_log(unit, until=lambda m: "this_is_not_a_directive" in m)
+        assert any("this_is_not_a_directive" in m for m in said), ("nginx -t's error not in the journal", said)
         admin_works(fleet)
     finally:
         conf.write_text(good)
