@@ -553,6 +553,7 @@ class Bench:
                 self._probe("start", name, target, outs[name])
                 started.append(name)
             audit_from = self.audit_log.stat().st_size if self.audit_log.exists() else 0
+            services0 = self.service_ticks()
             t0 = time.time()
             busy0 = machine_busy_s()
             ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -560,6 +561,7 @@ class Bench:
             wall = time.time() - t0
             ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             busy = machine_busy_s() - busy0
+            services = services_cpu_s(services0, self.service_ticks())
             time.sleep(0.3)
         finally:
             probe = {}
@@ -575,6 +577,7 @@ class Bench:
         res = {"target": self.target, "n": self.n, "kind": kind, "side": tree.side, "rep": rep, "rc": rc,
                "wall_s": round(wall, 2), "timer": str(timer_out),
                "controller_cpu_s": round(cpu, 2), "machine_busy_cpu_s": round(busy, 2),
+               "cpu_split_s": dict(timer.get("rusage") or {}, **(services or {})),
                "loadavg_start": load0, "loadavg_end": os.getloadavg(),
                "log": str(log), "lab_fixups": fixups,
                "peak_pss_mb": round(mem.peak_pss_kb / 1024.0, 1), "peak_rss_mb": round(mem.peak_rss_kb / 1024.0, 1),
@@ -588,6 +591,30 @@ class Bench:
         if kind == "restart":
             res["restart"] = self._restart_view(timer, probe["listener"]) if "listener" in probe else None
         return res
+
+    SERVICE_COMMS = ("bao", "nginx")
+
+    def service_ticks(self):
+        """CPU ticks of the lab's services now, pid -> (comm, ticks): the bao and nginx processes started
+        with this lab's files (their command line names the lab folder) and their children (nginx's
+        workers)."""
+        procs = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % d) as fh:
+                    stat = fh.read()
+                with open("/proc/%s/cmdline" % d, "rb") as fh:
+                    cmdline = fh.read().decode(errors="replace")
+            except OSError:
+                continue
+            comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            if comm in self.SERVICE_COMMS:
+                procs[int(d)] = (comm, int(rest[1]), int(rest[11]) + int(rest[12]), str(self.dir) in cmdline)
+        ours = set(pid for pid, p in procs.items() if p[3])
+        ours |= set(pid for pid, p in procs.items() if p[1] in ours)
+        return dict((pid, (procs[pid][0], procs[pid][2])) for pid in ours)
 
     def _playbook(self, args, tree, env, log):
         """ansible-playbook from the tree's root (its ansible.cfg), memory sampled; bounded by BENCH_RUN_TIMEOUT."""
@@ -742,6 +769,20 @@ class Bench:
 
 # -- one fleet per N: the same runs over SSH on hosts of their own ------------------
 
+def services_cpu_s(before, after):
+    """CPU seconds the lab's services spent between two service_ticks() snapshots, by program: a process
+    in both counts its difference, one started in between all of it (a restarted agent); one that exited
+    in between (the agent it replaced) is not seen after its last snapshot."""
+    if before is None or after is None:
+        return None
+    out = dict(("%s_cpu_s" % c, 0.0) for c in Bench.SERVICE_COMMS)
+    hz = os.sysconf("SC_CLK_TCK")
+    for pid, (comm, ticks) in after.items():
+        old = before.get(pid)
+        out["%s_cpu_s" % comm] += (ticks - (old[1] if old and old[0] == comm else 0)) / float(hz)
+    return dict((k, round(v, 2)) for k, v in out.items())
+
+
 def machine_busy_s():
     """CPU seconds the whole machine spent busy (every core, /proc/stat): with the run's wall time
     it says how much of the 2 cores the run had (others' jobs share them)."""
@@ -874,6 +915,9 @@ class FleetBench(Bench):
                 closed += out.returncode == 0
                 sock.unlink(missing_ok=True)
         return closed
+
+    def service_ticks(self):
+        return None  # the hosts' CPU is read per host cgroup (hosts_cpu_s)
 
     def down(self, purge=False):
         """Close SSH, power every host off, remove what the fleet made; self.leftovers = what is left."""
@@ -1091,6 +1135,8 @@ def summarize(runs):
                "wall_median_s": round(statistics.median(walls), 2), "wall_min_s": min(walls), "wall_max_s": max(walls),
                "cpu_median_s": _median(r.get("controller_cpu_s") for r in rs),
                "machine_busy_median_s": _median(r.get("machine_busy_cpu_s") for r in rs),
+               "cpu_split_median_s": dict((k, _median((r.get("cpu_split_s") or {}).get(k) for r in rs))
+                                          for k in CPU_SPLIT),
                "tasks": _median(r["tasks_executed"] for r in rs),
                "vault_requests": _median(r["vault"]["requests"] for r in rs),
                "issue_sign": _median(r["vault"]["issue_sign"] for r in rs),
@@ -1128,6 +1174,9 @@ def summarize(runs):
     return rows
 
 
+# a run's CPU by who spent it: ansible-playbook itself, its workers (and the commands they waited for),
+# the lab's services (bao: the server and the agents; nginx)
+CPU_SPLIT = ("main_cpu_s", "workers_cpu_s", "bao_cpu_s", "nginx_cpu_s")
 RATIO_FIELDS = ("wall_median_s", "cpu_median_s", "tasks", "vault_requests", "logins", "peak_pss_mb", "peak_rss_mb")
 # issue 12: fleet wall time from 2 to 8 app hosts grows by at most this factor (forks >= hosts)
 FLEET_TARGET_RATIO = 1.5
@@ -1169,12 +1218,21 @@ def slopes(rows):
                   "wall_ratio": ratio(hi["wall_median_s"], lo["wall_median_s"]),
                   "cpu_ratio": ratio(hi["cpu_median_s"], lo["cpu_median_s"]),
                   "tasks_ratio": ratio(hi["tasks"], lo["tasks"])}
+            per_app = dict((k, _per_app(lo.get("cpu_split_median_s", {}).get(k), hi.get("cpu_split_median_s", {}).get(k),
+                                        hi["n"] - lo["n"])) for k in CPU_SPLIT)
+            per_app["machine_busy_cpu_s"] = _per_app(lo.get("machine_busy_median_s"), hi.get("machine_busy_median_s"),
+                                                     hi["n"] - lo["n"])
+            sl["cpu_s_per_app"] = per_app
             if target == "fleet":
                 sl["hosts_cpu_ratio"] = ratio(hi.get("hosts_cpu_median_s"), lo.get("hosts_cpu_median_s"))
                 sl["target_ratio"] = FLEET_TARGET_RATIO
                 sl["target_met"] = sl["wall_ratio"] is not None and sl["wall_ratio"] <= FLEET_TARGET_RATIO
             out.append(sl)
     return out
+
+
+def _per_app(lo, hi, dn):
+    return None if lo is None or hi is None or not dn else round((hi - lo) / dn, 3)
 
 
 def _f(v, fmt, none="-"):
@@ -1243,6 +1301,13 @@ def table(result):
                          "%.1f MB/app%s" % (s["target"], s["side"], s["kind"], s["n_from"], s["n_to"], s["wall_s"][0],
                                             s["wall_s"][1], _x(s["wall_ratio"]), _x(s["cpu_ratio"]),
                                             _x(s["tasks_ratio"]), s["s_per_app"], s["pss_mb_per_app"], verdict))
+            c = s.get("cpu_s_per_app") or {}
+            if c.get("bao_cpu_s") is not None:
+                lines.append("  %-5s %-8s %-7s   CPU-s per extra app: ansible-playbook %s, its workers %s, bao %s, "
+                             "nginx %s; the whole machine %s" % (
+                                 s["target"], s["side"], s["kind"], _f(c.get("main_cpu_s"), "%.3f"),
+                                 _f(c.get("workers_cpu_s"), "%.3f"), _f(c.get("bao_cpu_s"), "%.3f"),
+                                 _f(c.get("nginx_cpu_s"), "%.3f"), _f(c.get("machine_busy_cpu_s"), "%.2f")))
     for g in result.get("growth", []):
         if g["target"] != "fleet":
             continue  # the lab's are in the JSON (growth)

@@ -1,12 +1,14 @@
 # Aggregate callback for `make bench`: per-task and per-play wall time, task
-# counts, where the collection's code was loaded from, and the readiness times
-# modules report, written as JSON to $BENCH_TIMER_OUT (nothing printed).
+# counts, where the collection's code was loaded from, the readiness times
+# modules report, and the CPU of ansible-playbook and its workers, written as
+# JSON to $BENCH_TIMER_OUT (nothing printed).
 # Controller only. bench.py enables this one file for the baseline and the
 # current tree alike, so both are measured by the same instrument.
 from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 
 from ansible.plugins.callback import CallbackBase
@@ -17,11 +19,17 @@ type: aggregate
 short_description: task and play timings as JSON for make bench
 description:
   - Writes per-task and per-play wall time (seconds since the callback's t0_epoch), task counts, the files the
-    collection's tasks and plugins were loaded from, and every C(ready_at) a task result reports, to $BENCH_TIMER_OUT.
+    collection's tasks and plugins were loaded from, every C(ready_at) a task result reports, and the CPU of
+    ansible-playbook and of its workers (getrusage), to $BENCH_TIMER_OUT.
 requirements: [enabled in callbacks_enabled]
 """
 
 COLLECTION = "privsec.vault_rotate"
+
+
+def _cpu(who):
+    ru = resource.getrusage(who)
+    return round(ru.ru_utime + ru.ru_stime, 3)
 READY_KEY = "ready_at"
 
 
@@ -179,6 +187,9 @@ class CallbackModule(CallbackBase):
             "loaded": dict(self.loaded, task_files=sorted(self.loaded["task_files"])),
             "plays": self.plays,
             "tasks": self.tasks,
+            # CPU of ansible-playbook itself (the strategy, the callbacks) and of everything it waited for
+            # (its forked workers and the commands they ran): bench.py splits a run's CPU with it.
+            "rusage": {"main_cpu_s": _cpu(resource.RUSAGE_SELF), "workers_cpu_s": _cpu(resource.RUSAGE_CHILDREN)},
         }
         with open(out, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=1)
