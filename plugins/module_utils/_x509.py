@@ -26,7 +26,7 @@ CRYPTOGRAPHY_IMPORT_ERROR = None
 try:
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
     from cryptography.x509.oid import ExtensionOID, NameOID
 except ImportError:
@@ -240,11 +240,14 @@ def normalize_serial(text):
 
 
 def _colon_hex(data):
-    return ":".join("%02x" % b for b in bytearray(data))
+    return bytes(data).hex(":")
 
 
 def fingerprint_sha256(cert):
-    return _colon_hex(cert.fingerprint(hashes.SHA256()))
+    """SHA-256 of the certificate's DER, colon-separated hex (`openssl x509 -fingerprint -sha256`).
+    hashlib over the DER: cryptography's cert.fingerprint() fetches the digest from OpenSSL on each
+    call, ~4x the CPU in a forked Ansible worker (docs/performance.md, eighth look)."""
+    return _colon_hex(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
 
 
 def normalize_fingerprint(text):
