@@ -767,8 +767,6 @@ class Bench:
         return view
 
 
-# -- one fleet per N: the same runs over SSH on hosts of their own ------------------
-
 def services_cpu_s(before, after):
     """CPU seconds the lab's services spent between two service_ticks() snapshots, by program: a process
     in both counts its difference, one started in between all of it (a restarted agent); one that exited
@@ -782,6 +780,8 @@ def services_cpu_s(before, after):
         out["%s_cpu_s" % comm] += (ticks - (old[1] if old and old[0] == comm else 0)) / float(hz)
     return dict((k, round(v, 2)) for k, v in out.items())
 
+
+# -- one fleet per N: the same runs over SSH on hosts of their own ------------------
 
 def machine_busy_s():
     """CPU seconds the whole machine spent busy (every core, /proc/stat): with the run's wall time

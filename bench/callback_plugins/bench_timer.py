@@ -25,12 +25,12 @@ requirements: [enabled in callbacks_enabled]
 """
 
 COLLECTION = "privsec.vault_rotate"
+READY_KEY = "ready_at"
 
 
 def _cpu(who):
     ru = resource.getrusage(who)
     return round(ru.ru_utime + ru.ru_stime, 3)
-READY_KEY = "ready_at"
 
 
 def _find_ready_at(value, depth=0):
