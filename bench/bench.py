@@ -251,6 +251,14 @@ def loaded_from(timer, tree, trees):
 
 # -- controller memory ------------------------------------------------------------
 
+def _proc_stat(pid):
+    """(comm, the fields after it) of /proc/<pid>/stat: [1] is the parent pid, [11] and [12] the
+    user and system CPU ticks."""
+    with open("/proc/%s/stat" % pid) as fh:
+        stat = fh.read()
+    return stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+
+
 class MemSampler(threading.Thread):
     """Peak memory of a process and all its descendants, sampled: summed PSS (smaps_rollup) and summed RSS.
 
@@ -289,8 +297,7 @@ class MemSampler(threading.Thread):
         for d in os.listdir("/proc"):
             if d.isdigit():
                 try:
-                    with open("/proc/%s/stat" % d) as fh:
-                        ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                    ppid = int(_proc_stat(d)[1][1])
                 except (OSError, IndexError, ValueError):
                     continue
                 children.setdefault(ppid, []).append(int(d))
@@ -603,13 +610,11 @@ class Bench:
             if not d.isdigit():
                 continue
             try:
-                with open("/proc/%s/stat" % d) as fh:
-                    stat = fh.read()
+                comm, rest = _proc_stat(d)
                 with open("/proc/%s/cmdline" % d, "rb") as fh:
                     cmdline = fh.read().decode(errors="replace")
-            except OSError:
+            except (OSError, ValueError):
                 continue
-            comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
             if comm in self.SERVICE_COMMS:
                 procs[int(d)] = (comm, int(rest[1]), int(rest[11]) + int(rest[12]), str(self.dir) in cmdline)
         ours = set(pid for pid, p in procs.items() if p[3])

@@ -239,15 +239,11 @@ def normalize_serial(text):
     return format_serial(int(cleaned, 16))
 
 
-def _colon_hex(data):
-    return bytes(data).hex(":")
-
-
 def fingerprint_sha256(cert):
     """SHA-256 of the certificate's DER, colon-separated hex (`openssl x509 -fingerprint -sha256`).
     hashlib over the DER: cryptography's cert.fingerprint() fetches the digest from OpenSSL on each
     call, ~4x the CPU in a forked Ansible worker (docs/performance.md, eighth look)."""
-    return _colon_hex(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest().hex(":")
 
 
 def normalize_fingerprint(text):
