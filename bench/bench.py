@@ -568,7 +568,7 @@ class Bench:
             wall = time.time() - t0
             ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             busy = machine_busy_s() - busy0
-            services = services_cpu_s(services0, self.service_ticks())
+            services = services_cpu_s(services0, self.service_ticks(), self.SERVICE_COMMS)
             time.sleep(0.3)
         finally:
             probe = {}
@@ -772,13 +772,14 @@ class Bench:
         return view
 
 
-def services_cpu_s(before, after):
-    """CPU seconds the lab's services spent between two service_ticks() snapshots, by program: a process
-    in both counts its difference, one started in between all of it (a restarted agent); one that exited
-    in between (the agent it replaced) is not seen after its last snapshot."""
+def services_cpu_s(before, after, comms):
+    """CPU seconds the processes of two service_ticks() snapshots spent between them, by program
+    (``comms``): a process in both counts its difference, one started in between all of it (a
+    restarted agent, an SSH master); one that exited in between (the agent it replaced) is not seen
+    after its last snapshot."""
     if before is None or after is None:
         return None
-    out = dict(("%s_cpu_s" % c, 0.0) for c in Bench.SERVICE_COMMS)
+    out = dict(("%s_cpu_s" % c, 0.0) for c in comms)
     hz = os.sysconf("SC_CLK_TCK")
     for pid, (comm, ticks) in after.items():
         old = before.get(pid)
@@ -921,8 +922,33 @@ class FleetBench(Bench):
                 sock.unlink(missing_ok=True)
         return closed
 
+    # The controller's SSH masters (ControlPersist): ansible-playbook does not wait for them, so
+    # getrusage misses their CPU (the encryption of every task's traffic). The hosts' CPU is read
+    # per host cgroup (hosts_cpu_s).
+    SERVICE_COMMS = ("ssh",)
+
     def service_ticks(self):
-        return None  # the hosts' CPU is read per host cgroup (hosts_cpu_s)
+        """CPU ticks of this bench's SSH masters now, pid -> (comm, ticks): the ssh processes whose
+        command line names this fleet's ControlPath folder. before_run closes the previous run's
+        masters, and the playbook's own ssh clients have exited when the run ends, so the snapshot
+        after a run holds the masters the run started, with all their CPU."""
+        if not self.cp_dir:
+            return None
+        procs = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                comm, rest = _proc_stat(d)
+                if comm != "ssh":
+                    continue
+                with open("/proc/%s/cmdline" % d, "rb") as fh:
+                    cmdline = fh.read().decode(errors="replace")
+            except (OSError, ValueError):
+                continue
+            if str(self.cp_dir) in cmdline:
+                procs[int(d)] = (comm, int(rest[11]) + int(rest[12]))
+        return procs
 
     def down(self, purge=False):
         """Close SSH, power every host off, remove what the fleet made; self.leftovers = what is left."""
@@ -1181,7 +1207,7 @@ def summarize(runs):
 
 # a run's CPU by who spent it: ansible-playbook itself, its workers (and the commands they waited for),
 # the lab's services (bao: the server and the agents; nginx)
-CPU_SPLIT = ("main_cpu_s", "workers_cpu_s", "bao_cpu_s", "nginx_cpu_s")
+CPU_SPLIT = ("main_cpu_s", "workers_cpu_s", "bao_cpu_s", "nginx_cpu_s", "ssh_cpu_s")
 RATIO_FIELDS = ("wall_median_s", "cpu_median_s", "tasks", "vault_requests", "logins", "peak_pss_mb", "peak_rss_mb")
 # issue 12: fleet wall time from 2 to 8 app hosts grows by at most this factor (forks >= hosts)
 FLEET_TARGET_RATIO = 1.5
@@ -1232,6 +1258,13 @@ def slopes(rows):
                 sl["hosts_cpu_ratio"] = ratio(hi.get("hosts_cpu_median_s"), lo.get("hosts_cpu_median_s"))
                 sl["target_ratio"] = FLEET_TARGET_RATIO
                 sl["target_met"] = sl["wall_ratio"] is not None and sl["wall_ratio"] <= FLEET_TARGET_RATIO
+                # What grows on the controller itself per extra app host (its processes and its SSH
+                # masters): the part that stays when the app hosts have cores of their own.
+                own = [per_app.get(k) for k in ("main_cpu_s", "workers_cpu_s", "ssh_cpu_s")]
+                sl["controller_cpu_s_per_app"] = None if None in own else round(sum(own), 3)
+                lo_h, hi_h = lo.get("hosts_cpu_by_role_median_s") or {}, hi.get("hosts_cpu_by_role_median_s") or {}
+                sl["hosts_cpu_s_per_app"] = dict((k, _per_app(lo_h.get(k), hi_h.get(k), hi["n"] - lo["n"]))
+                                                 for k in sorted(set(lo_h) | set(hi_h)))
             out.append(sl)
     return out
 
@@ -1307,6 +1340,16 @@ def table(result):
                                             s["wall_s"][1], _x(s["wall_ratio"]), _x(s["cpu_ratio"]),
                                             _x(s["tasks_ratio"]), s["s_per_app"], s["pss_mb_per_app"], verdict))
             c = s.get("cpu_s_per_app") or {}
+            own = s.get("controller_cpu_s_per_app")
+            if own is not None:
+                h = s.get("hosts_cpu_s_per_app") or {}
+                lines.append("  %-5s %-8s %-7s   controller CPU-s per extra app host: ansible-playbook %s, its workers "
+                             "%s, ssh masters %s = %.3f, %.2f s on this machine's %d cores; the hosts' CPU-s per "
+                             "extra app host: apps %s, vault %s, proxy %s, admin %s" % (
+                                 s["target"], s["side"], s["kind"], _f(c.get("main_cpu_s"), "%.3f"),
+                                 _f(c.get("workers_cpu_s"), "%.3f"), _f(c.get("ssh_cpu_s"), "%.3f"), own,
+                                 own / (os.cpu_count() or 1), os.cpu_count() or 1, _f(h.get("apps"), "%.2f"),
+                                 _f(h.get("vault"), "%.2f"), _f(h.get("proxy"), "%.2f"), _f(h.get("admin"), "%.2f")))
             if c.get("bao_cpu_s") is not None:
                 lines.append("  %-5s %-8s %-7s   CPU-s per extra app: ansible-playbook %s, its workers %s, bao %s, "
                              "nginx %s; the whole machine %s" % (
