@@ -51,7 +51,8 @@ and app: network namespace, systemd, sshd, user units) under BENCH_WORKDIR/fleet
 >= hosts (BENCH_FLEET_FORKS, else max(hosts, ANSIBLE_FORKS or 10)), the same kinds (restart at
 every N), cold SSH per run; the probers reach the listener and the proxy at the hosts' addresses
 through the fleet's bridge; the audit log is the server's own file on its host. Also recorded: the
-CPU the hosts spent (their cgroups, per host and role), the wall ratio largest/smallest N against
+CPU the hosts spent (their cgroups, per host and role), the controller's CPU per extra app host (its
+SSH masters included: getrusage misses them), the wall ratio largest/smallest N against
 the 1.5x target, and where the time grows (per phase, per task). The fleet goes down after its runs
 and the bench fails when Fleet.leftovers() finds anything left. No baseline (df581d1 has no fleet).
 Root only.
