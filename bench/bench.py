@@ -260,6 +260,23 @@ def _proc_stat(pid):
     return stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
 
 
+def _procs(comms):
+    """(pid, comm, the stat fields after comm, command line) of every process whose program is in
+    ``comms``."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            comm, rest = _proc_stat(d)
+            if comm not in comms:
+                continue
+            with open("/proc/%s/cmdline" % d, "rb") as fh:
+                cmdline = fh.read().decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        yield int(d), comm, rest, cmdline
+
+
 class MemSampler(threading.Thread):
     """Peak memory of a process and all its descendants, sampled: summed PSS (smaps_rollup) and summed RSS.
 
@@ -606,18 +623,8 @@ class Bench:
         """CPU ticks of the lab's services now, pid -> (comm, ticks): the bao and nginx processes started
         with this lab's files (their command line names the lab folder) and their children (nginx's
         workers)."""
-        procs = {}
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                comm, rest = _proc_stat(d)
-                with open("/proc/%s/cmdline" % d, "rb") as fh:
-                    cmdline = fh.read().decode(errors="replace")
-            except (OSError, ValueError):
-                continue
-            if comm in self.SERVICE_COMMS:
-                procs[int(d)] = (comm, int(rest[1]), int(rest[11]) + int(rest[12]), str(self.dir) in cmdline)
+        procs = dict((pid, (comm, int(rest[1]), int(rest[11]) + int(rest[12]), str(self.dir) in cmdline))
+                     for pid, comm, rest, cmdline in _procs(self.SERVICE_COMMS))
         ours = set(pid for pid, p in procs.items() if p[3])
         ours |= set(pid for pid, p in procs.items() if p[1] in ours)
         return dict((pid, (procs[pid][0], procs[pid][2])) for pid in ours)
@@ -935,21 +942,8 @@ class FleetBench(Bench):
         after a run holds the masters the run started, with all their CPU."""
         if not self.cp_dir:
             return None
-        procs = {}
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                comm, rest = _proc_stat(d)
-                if comm != "ssh":
-                    continue
-                with open("/proc/%s/cmdline" % d, "rb") as fh:
-                    cmdline = fh.read().decode(errors="replace")
-            except (OSError, ValueError):
-                continue
-            if str(self.cp_dir) in cmdline:
-                procs[int(d)] = (comm, int(rest[11]) + int(rest[12]))
-        return procs
+        return dict((pid, (comm, int(rest[11]) + int(rest[12])))
+                    for pid, comm, rest, cmdline in _procs(self.SERVICE_COMMS) if str(self.cp_dir) in cmdline)
 
     def down(self, purge=False):
         """Close SSH, power every host off, remove what the fleet made; self.leftovers = what is left."""
