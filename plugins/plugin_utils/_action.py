@@ -23,7 +23,12 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.privsec.vault_rotate.plugins.module_utils import _engine
 from ansible_collections.privsec.vault_rotate.plugins.module_utils._errors import RotateError
 from ansible_collections.privsec.vault_rotate.plugins.plugin_utils import _catalog
+from ansible_collections.privsec.vault_rotate.plugins.plugin_utils import _warm
 from ansible_collections.privsec.vault_rotate.plugins.plugin_utils._run import Run
+
+# Loaded in ansible-playbook's main process before the first task's workers are forked: they
+# inherit OpenSSL's warm caches (plugin_utils/_warm.py).
+_warm.warm()
 
 ENGINE_MODULE = "privsec.vault_rotate.phase"
 # params["service"] = SERVICE: the service settings, with the commands of the units the step names.
