@@ -1201,7 +1201,7 @@ def summarize(runs):
 
 
 # a run's CPU by who spent it: ansible-playbook itself, its workers (and the commands they waited for),
-# the lab's services (bao: the server and the agents; nginx)
+# the lab's services (bao: the server and the agents; nginx), the fleet's SSH masters (ssh)
 CPU_SPLIT = ("main_cpu_s", "workers_cpu_s", "bao_cpu_s", "nginx_cpu_s", "ssh_cpu_s")
 RATIO_FIELDS = ("wall_median_s", "cpu_median_s", "tasks", "vault_requests", "logins", "peak_pss_mb", "peak_rss_mb")
 # issue 12: fleet wall time from 2 to 8 app hosts grows by at most this factor (forks >= hosts)

@@ -12,8 +12,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import os
-
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleConnectionFailure
@@ -137,7 +135,7 @@ class EngineAction(ActionBase):
 
     def inprocess(self):
         """True when the task's (possibly delegated) host is this controller: local, no become."""
-        if str(os.environ.get("VAULT_ROTATE_INPROCESS", "1")).lower() in ("0", "false", "no"):
+        if _catalog.env_off("VAULT_ROTATE_INPROCESS"):
             return False
         if not _catalog.Values("vault_rotate", self.get).glob("inprocess"):
             return False

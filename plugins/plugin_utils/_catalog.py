@@ -104,6 +104,12 @@ def _app(v):
 STATE_SHOWN = "${XDG_STATE_HOME:-~/.local/state}/vault-rotate/<vault_rotate_env>"
 
 
+def env_off(name):
+    """True when the controller's environment variable ``name`` turns a default-on behaviour off
+    (0, false or no, any case): VAULT_ROTATE_INPROCESS, VAULT_ROTATE_WARM_OPENSSL."""
+    return str(os.environ.get(name, "1")).strip().lower() in ("0", "false", "no")
+
+
 def controller_state_dir(env):
     """``<state>/vault-rotate/<env>`` on the controller, or RotateError when the user has no home."""
     base = os.environ.get("XDG_STATE_HOME", "")

@@ -25,9 +25,10 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import datetime
-import os
 import ssl
 import sys
+
+from ansible_collections.privsec.vault_rotate.plugins.plugin_utils import _catalog
 
 STATE = {}
 
@@ -35,7 +36,7 @@ STATE = {}
 def wanted():
     """True in the main process of a playbook run (not in a worker, not in ansible-doc),
     unless VAULT_ROTATE_WARM_OPENSSL turns it off."""
-    if str(os.environ.get("VAULT_ROTATE_WARM_OPENSSL", "1")).lower() in ("0", "false", "no"):
+    if _catalog.env_off("VAULT_ROTATE_WARM_OPENSSL"):
         return False
     if "ansible.executor.task_queue_manager" not in sys.modules:
         return False
